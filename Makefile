@@ -1,0 +1,62 @@
+# radixrouter: every command developers, CI and the README use. `make help` lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(BIN)):$(PATH)
+
+$(BIN)/maturin:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "maturin>=1.7,<2"
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: venv
+venv: $(BIN)/maturin ## create .venv with maturin
+
+.PHONY: build-dev
+build-dev: venv ## build the extension (debug) into .venv with the dev dependencies
+	$(BIN)/maturin develop -q --extras dev
+
+.PHONY: build-prod
+build-prod: venv ## build the extension (release, LTO) into .venv with dev and bench dependencies
+	$(BIN)/maturin develop -q --release --extras dev,bench
+
+.PHONY: test
+test: build-dev ## run the Rust and Python test suites
+	cargo test -q
+	$(PY) -m pytest -q tests
+
+.PHONY: lint
+lint: build-dev ## rustfmt, clippy (warnings are errors), ruff, stubtest
+	cargo fmt --check
+	cargo clippy -q --all-targets --features python -- -D warnings
+	cargo clippy -q --all-targets -- -D warnings
+	$(BIN)/ruff check python tests benches
+	$(PY) -m mypy.stubtest radixrouter._core
+
+.PHONY: format
+format: venv ## format Rust and Python code
+	cargo fmt
+	$(BIN)/ruff check --fix -q python tests benches || true
+	$(BIN)/ruff format -q python tests benches
+
+.PHONY: bench
+bench: build-prod ## micro-benchmarks (pytest-benchmark; Rust <-> Python boundary and peers)
+	cargo bench -q
+	$(PY) -m pytest -q benches --benchmark-only -p no:randomly
+
+.PHONY: fuzz
+fuzz: build-prod ## a longer bounded fuzz run of the SSE decoder (FUZZ_SECONDS, default 120)
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-120} $(PY) -m pytest -q tests/test_sse_fuzz.py -p no:cacheprovider --timeout 0
+
+.PHONY: clean
+clean: ## remove build products and the virtualenv
+	rm -rf target $(VENV) .pytest_cache .hypothesis .benchmarks

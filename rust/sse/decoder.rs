@@ -1,0 +1,397 @@
+//! Incremental SSE decoder (WHATWG HTML, "Parsing an event stream" and
+//! "Interpreting an event stream").
+//!
+//! Bytes are split into lines at CR, LF or CRLF before UTF-8 decoding. Line
+//! ends are ASCII, so they can never sit inside a multi-byte character, and
+//! decoding each finished line (lossily: invalid sequences become U+FFFD) gives
+//! the same text as decoding the whole stream first. A CR ends its line at once;
+//! an LF that follows it, in the same read or the next, is skipped. So every
+//! event is returned by the `feed` call that delivers its blank line.
+
+use std::fmt;
+
+/// Default limit on one line and on one event's data, in bytes.
+pub const DEFAULT_LIMIT: usize = 16 * 1024 * 1024;
+
+const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
+
+/// One dispatched event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The event type: the last `event` field of the block, or "message".
+    pub event: String,
+    /// The data lines of the block joined by LF.
+    pub data: String,
+    /// The last event id at dispatch time ("" if none was ever set).
+    pub id: String,
+    /// A valid `retry` value given in the same block, if any.
+    pub retry: Option<u64>,
+}
+
+/// A line or an event grew past the configured limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    LineTooLong { limit: usize },
+    EventTooLarge { limit: usize },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::LineTooLong { limit } => {
+                write!(f, "SSE line longer than the limit of {limit} bytes")
+            }
+            DecodeError::EventTooLarge { limit } => {
+                write!(f, "SSE event data larger than the limit of {limit} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BomState {
+    /// Still reading the first bytes of the stream; holds how many BOM bytes matched.
+    Pending(usize),
+    Done,
+}
+
+/// The decoder state. Feed it bytes in any chunking; it returns the same events.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    bom: BomState,
+    /// The unfinished line, when a read ended inside one.
+    line: Vec<u8>,
+    /// The previous read ended with CR: a leading LF in the next read belongs to it.
+    skip_lf: bool,
+    data: Vec<u8>,
+    event_type: Option<String>,
+    id_buf: String,
+    block_retry: Option<u64>,
+    last_event_id: String,
+    reconnection_time: Option<u64>,
+    max_line: usize,
+    max_event: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new(DEFAULT_LIMIT, DEFAULT_LIMIT)
+    }
+}
+
+impl Decoder {
+    /// A decoder that refuses lines longer than `max_line` bytes and events whose
+    /// data exceeds `max_event` bytes.
+    pub fn new(max_line: usize, max_event: usize) -> Self {
+        Decoder {
+            bom: BomState::Pending(0),
+            line: Vec::new(),
+            skip_lf: false,
+            data: Vec::new(),
+            event_type: None,
+            id_buf: String::new(),
+            block_retry: None,
+            last_event_id: String::new(),
+            reconnection_time: None,
+            max_line,
+            max_event,
+        }
+    }
+
+    /// The last event id (updated at each dispatch, never reset by one).
+    pub fn last_event_id(&self) -> &str {
+        &self.last_event_id
+    }
+
+    /// The stream's reconnection time: the last valid `retry` value seen.
+    pub fn reconnection_time(&self) -> Option<u64> {
+        self.reconnection_time
+    }
+
+    /// Feed bytes; append every event completed by them to `out`.
+    ///
+    /// On error the offending line or event is discarded; the events completed
+    /// before it in this read are still in `out`.
+    pub fn feed_into(&mut self, mut input: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
+        if let BomState::Pending(matched) = self.bom {
+            let mut m = matched;
+            let mut used = 0;
+            while m < 3 && used < input.len() && input[used] == BOM[m] {
+                m += 1;
+                used += 1;
+            }
+            if m == 3 {
+                self.bom = BomState::Done;
+                input = &input[used..];
+            } else if used == input.len() {
+                // Everything so far is a BOM prefix: wait for more bytes.
+                self.bom = BomState::Pending(m);
+                return Ok(());
+            } else {
+                // Not a BOM: the held bytes are ordinary (invalid UTF-8) text.
+                self.bom = BomState::Done;
+                if matched > 0 {
+                    self.line.extend_from_slice(&BOM[..matched]);
+                }
+            }
+        }
+        if input.is_empty() {
+            return Ok(());
+        }
+        if self.skip_lf {
+            self.skip_lf = false;
+            if input[0] == b'\n' {
+                input = &input[1..];
+            }
+        }
+        while !input.is_empty() {
+            match memchr::memchr2(b'\n', b'\r', input) {
+                None => {
+                    if self.line.len() + input.len() > self.max_line {
+                        self.line.clear();
+                        return Err(DecodeError::LineTooLong { limit: self.max_line });
+                    }
+                    self.line.extend_from_slice(input);
+                    return Ok(());
+                }
+                Some(pos) => {
+                    let rest_start = if input[pos] == b'\r' {
+                        if pos + 1 < input.len() {
+                            if input[pos + 1] == b'\n' {
+                                pos + 2
+                            } else {
+                                pos + 1
+                            }
+                        } else {
+                            self.skip_lf = true;
+                            pos + 1
+                        }
+                    } else {
+                        pos + 1
+                    };
+                    if self.line.is_empty() {
+                        self.process_line(&input[..pos], out)?;
+                    } else {
+                        if self.line.len() + pos > self.max_line {
+                            self.line.clear();
+                            return Err(DecodeError::LineTooLong { limit: self.max_line });
+                        }
+                        let mut line = std::mem::take(&mut self.line);
+                        line.extend_from_slice(&input[..pos]);
+                        let result = self.process_line(&line, out);
+                        line.clear();
+                        self.line = line;
+                        result?;
+                    }
+                    input = &input[rest_start..];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Feed bytes and return the events they complete.
+    pub fn feed(&mut self, input: &[u8]) -> Result<Vec<Event>, DecodeError> {
+        let mut out = Vec::new();
+        self.feed_into(input, &mut out)?;
+        Ok(out)
+    }
+
+    /// End of stream: the unfinished line and the undispatched block are
+    /// discarded (the spec adds no implicit blank line). The decoder is ready
+    /// for a new stream afterwards, keeping the last event id and reconnection
+    /// time as an EventSource would across a reconnect.
+    pub fn close(&mut self) {
+        self.bom = BomState::Pending(0);
+        self.line.clear();
+        self.skip_lf = false;
+        self.data.clear();
+        self.event_type = None;
+        self.block_retry = None;
+        self.id_buf = self.last_event_id.clone();
+    }
+
+    fn process_line(&mut self, line: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
+        if line.len() > self.max_line {
+            return Err(DecodeError::LineTooLong { limit: self.max_line });
+        }
+        if line.is_empty() {
+            self.dispatch(out);
+            return Ok(());
+        }
+        if line[0] == b':' {
+            return Ok(());
+        }
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(colon) => {
+                let v = &line[colon + 1..];
+                let v = if v.first() == Some(&b' ') { &v[1..] } else { v };
+                (&line[..colon], v)
+            }
+            None => (line, &line[line.len()..]),
+        };
+        match field {
+            b"data" => {
+                if self.data.len() + value.len() + 1 > self.max_event.saturating_add(1) {
+                    self.data.clear();
+                    self.event_type = None;
+                    return Err(DecodeError::EventTooLarge { limit: self.max_event });
+                }
+                self.data.extend_from_slice(value);
+                self.data.push(b'\n');
+            }
+            b"event" => self.event_type = Some(String::from_utf8_lossy(value).into_owned()),
+            b"id" => {
+                if memchr::memchr(0, value).is_none() {
+                    self.id_buf = String::from_utf8_lossy(value).into_owned();
+                }
+            }
+            b"retry" => {
+                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
+                    let n = value.iter().fold(0u64, |acc, d| {
+                        acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+                    });
+                    self.reconnection_time = Some(n);
+                    self.block_retry = Some(n);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, out: &mut Vec<Event>) {
+        if self.last_event_id != self.id_buf {
+            self.last_event_id.clone_from(&self.id_buf);
+        }
+        let retry = self.block_retry.take();
+        if self.data.is_empty() {
+            self.event_type = None;
+            return;
+        }
+        self.data.pop(); // the trailing LF
+        let bytes = std::mem::take(&mut self.data);
+        let data = match String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
+        let event = self.event_type.take().unwrap_or_else(|| "message".to_owned());
+        out.push(Event {
+            event,
+            data,
+            id: self.last_event_id.clone(),
+            retry,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(data: &str) -> Event {
+        Event { event: "message".into(), data: data.into(), id: String::new(), retry: None }
+    }
+
+    fn all(input: &[u8]) -> Vec<Event> {
+        Decoder::default().feed(input).unwrap()
+    }
+
+    fn bytewise(input: &[u8]) -> Vec<Event> {
+        let mut d = Decoder::default();
+        let mut out = Vec::new();
+        for b in input {
+            d.feed_into(std::slice::from_ref(b), &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn basic_and_line_ends() {
+        for input in [&b"data: a\n\n"[..], b"data: a\r\n\r\n", b"data: a\r\r", b"data:a\n\r\n"] {
+            assert_eq!(all(input), vec![ev("a")], "{input:?}");
+            assert_eq!(bytewise(input), vec![ev("a")], "{input:?}");
+        }
+    }
+
+    #[test]
+    fn bom_once_and_split() {
+        let input = b"\xEF\xBB\xBFdata: x\n\n";
+        assert_eq!(all(input), vec![ev("x")]);
+        assert_eq!(bytewise(input), vec![ev("x")]);
+        // A second BOM is ordinary text: the field is unknown.
+        assert_eq!(all(b"\xEF\xBB\xBF\xEF\xBB\xBFdata: x\n\ndata: y\n\n"), vec![ev("y")]);
+        // A broken BOM prefix is invalid UTF-8 in an unknown field name.
+        assert_eq!(all(b"\xEF\xBBdata: x\n\ndata: y\n\n"), vec![ev("y")]);
+    }
+
+    #[test]
+    fn cr_at_end_of_read_dispatches_now() {
+        let mut d = Decoder::default();
+        assert!(d.feed(b"data: a\r").unwrap().is_empty());
+        assert_eq!(d.feed(b"\r").unwrap(), vec![ev("a")]);
+        assert!(d.feed(b"\n").unwrap().is_empty());
+        assert_eq!(d.feed(b"data: b\n\n").unwrap(), vec![ev("b")]);
+    }
+
+    #[test]
+    fn fields() {
+        let out = all(b"event: e\nid: 7\nretry: 0015\ndata\ndata:  two\n\n");
+        assert_eq!(
+            out,
+            vec![Event { event: "e".into(), data: "\n two".into(), id: "7".into(), retry: Some(15) }]
+        );
+        assert!(all(b"id: 1\n\n: c\n\n").is_empty());
+        let mut d = Decoder::default();
+        d.feed(b"id: a\0b\ndata: x\n\n").unwrap();
+        assert_eq!(d.last_event_id(), "");
+        for bad in ["retry: -1", "retry: 1.5", "retry:  1", "retry: 1_0", "retry: \u{0661}"] {
+            let mut d = Decoder::default();
+            d.feed(format!("{bad}\ndata: x\n\n").as_bytes()).unwrap();
+            assert_eq!(d.reconnection_time(), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_and_split_chars() {
+        assert_eq!(all(b"data: \xFF\n\n"), vec![ev("\u{FFFD}")]);
+        assert_eq!(bytewise("data: é€😀\n\n".as_bytes()), vec![ev("é€😀")]);
+    }
+
+    #[test]
+    fn eof_discards_block() {
+        let mut d = Decoder::default();
+        assert!(d.feed(b"data: x\n").unwrap().is_empty());
+        d.close();
+        assert_eq!(d.feed(b"data: y\n\n").unwrap(), vec![ev("y")]);
+    }
+
+    #[test]
+    fn limits() {
+        let mut d = Decoder::new(8, 8);
+        assert!(matches!(d.feed(b"data: 0123456789"), Err(DecodeError::LineTooLong { .. })));
+        let mut d = Decoder::new(100, 8);
+        assert!(matches!(
+            d.feed(b"data:1234\ndata:1234\n\n"),
+            Err(DecodeError::EventTooLarge { .. })
+        ));
+        assert_eq!(d.feed(b"data:ok\n\n").unwrap(), vec![ev("ok")]);
+    }
+
+    #[test]
+    fn any_chunking_same_events() {
+        let input = "\u{FEFF}: hi\r\nevent: x\rid: 3\r\ndata: a\u{e9}\ndata\n\nretry: 10\ndata: b\r\n\r\nid\ndata: c\n\n";
+        let bytes = input.as_bytes();
+        let whole = all(bytes);
+        assert_eq!(whole.len(), 3);
+        for split in 0..=bytes.len() {
+            let mut d = Decoder::default();
+            let mut out = d.feed(&bytes[..split]).unwrap();
+            out.extend(d.feed(&bytes[split..]).unwrap());
+            assert_eq!(out, whole, "split at {split}");
+        }
+        assert_eq!(bytewise(bytes), whole);
+    }
+}
