@@ -1,0 +1,2 @@
+//! Criterion benchmarks of the prefix cache (filled in with the cache).
+fn main() {}

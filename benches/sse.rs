@@ -1,0 +1,2 @@
+//! Criterion benchmarks of the SSE codec.
+fn main() {}
