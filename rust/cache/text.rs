@@ -1,0 +1,134 @@
+//! Byte-level helpers for the tree: longest common prefix, character counting, JSON of ids.
+
+/// Length in bytes of the longest common prefix of `a` and `b`.
+#[inline]
+pub fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    // The common case on a hit is a full match: one memcmp.
+    if a == b {
+        return n;
+    }
+    const BLOCK: usize = 64;
+    let mut i = 0;
+    while i + BLOCK <= n && a[i..i + BLOCK] == b[i..i + BLOCK] {
+        i += BLOCK;
+    }
+    while i < n && a[i] == b[i] {
+        i += 1;
+    }
+    i
+}
+
+/// Number of characters (Unicode scalar values, i.e. Python `str` indices) in UTF-8 `s`.
+#[inline]
+pub fn count_chars(s: &[u8]) -> usize {
+    // Every byte that is not a continuation byte (0b10xx_xxxx) starts a character.
+    s.iter().filter(|&&b| (b as i8) >= -0x40).count()
+}
+
+/// Byte offset of the character at index `chars` of UTF-8 `s` (`s.len()` if past the end).
+pub fn char_to_byte(s: &str, chars: usize) -> usize {
+    if s.is_ascii() {
+        return chars.min(s.len());
+    }
+    s.char_indices().nth(chars).map_or(s.len(), |(i, _)| i)
+}
+
+const DIGITS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+#[inline]
+fn digits(v: u32) -> usize {
+    match v {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1_000..=9_999 => 4,
+        10_000..=99_999 => 5,
+        100_000..=999_999 => 6,
+        1_000_000..=9_999_999 => 7,
+        10_000_000..=99_999_999 => 8,
+        100_000_000..=999_999_999 => 9,
+        _ => 10,
+    }
+}
+
+/// Length of `ids` written as a JSON array without spaces, e.g. `[1,22,333]`.
+pub fn ids_json_len(ids: &[u32]) -> usize {
+    2 + ids.len().saturating_sub(1) + ids.iter().map(|&v| digits(v)).sum::<usize>()
+}
+
+/// Write `ids` as a JSON array into `out`, which must be exactly `ids_json_len(ids)` bytes.
+pub fn write_ids_json(ids: &[u32], out: &mut [u8]) {
+    debug_assert_eq!(out.len(), ids_json_len(ids));
+    out[0] = b'[';
+    let mut pos = 1;
+    for (i, &v) in ids.iter().enumerate() {
+        if i > 0 {
+            out[pos] = b',';
+            pos += 1;
+        }
+        let n = digits(v);
+        let mut end = pos + n;
+        let mut v = v;
+        while v >= 100 {
+            let r = (v % 100) as usize * 2;
+            v /= 100;
+            out[end - 2..end].copy_from_slice(&DIGITS[r..r + 2]);
+            end -= 2;
+        }
+        if v >= 10 {
+            let r = v as usize * 2;
+            out[end - 2..end].copy_from_slice(&DIGITS[r..r + 2]);
+        } else {
+            out[end - 1] = b'0' + v as u8;
+        }
+        pos += n;
+    }
+    out[pos] = b']';
+}
+
+/// `ids` as a JSON array (`b"[1,2,3]"`).
+pub fn ids_json(ids: &[u32]) -> Vec<u8> {
+    let mut out = vec![0; ids_json_len(ids)];
+    write_ids_json(ids, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix() {
+        assert_eq!(common_prefix(b"abc", b"abd"), 2);
+        assert_eq!(common_prefix(b"abc", b"ab"), 2);
+        assert_eq!(common_prefix(b"", b"ab"), 0);
+        let a = vec![7u8; 1000];
+        let mut b = a.clone();
+        b[777] = 1;
+        assert_eq!(common_prefix(&a, &b), 777);
+        assert_eq!(common_prefix(&a, &a), 1000);
+    }
+
+    #[test]
+    fn chars() {
+        assert_eq!(count_chars("aé€😀".as_bytes()), 4);
+        assert_eq!(char_to_byte("aé€😀x", 3), 6);
+        assert_eq!(char_to_byte("aé€😀x", 5), "aé€😀x".len());
+        assert_eq!(char_to_byte("abc", 9), 3);
+    }
+
+    #[test]
+    fn json() {
+        let ids = [0, 9, 10, 99, 100, 12345, 4_294_967_295, 1_000_000];
+        let s = String::from_utf8(ids_json(&ids)).unwrap();
+        assert_eq!(s, "[0,9,10,99,100,12345,4294967295,1000000]");
+        assert_eq!(ids_json(&[]), b"[]");
+        assert_eq!(ids_json(&[5]), b"[5]");
+    }
+}
