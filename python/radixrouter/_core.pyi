@@ -3,6 +3,7 @@
 from typing import final
 
 __version__: str
+__all__ = ["SseDecodeError", "SseDecoder", "SseEvent", "__version__", "encode_event"]
 
 # ---- SSE codec -------------------------------------------------------------
 

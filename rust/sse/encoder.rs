@@ -47,7 +47,11 @@ fn for_each_line(text: &[u8], mut f: impl FnMut(&[u8])) {
             }
             Some(pos) => {
                 f(&rest[..pos]);
-                let skip = if rest[pos] == b'\r' && rest.get(pos + 1) == Some(&b'\n') { 2 } else { 1 };
+                let skip = if rest[pos] == b'\r' && rest.get(pos + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
                 rest = &rest[pos + skip..];
             }
         }
@@ -71,7 +75,10 @@ fn digits(mut n: u64) -> usize {
 impl<'a> Frame<'a> {
     /// A data-only frame.
     pub fn data(data: &'a [u8]) -> Self {
-        Frame { data: Some(data), ..Frame::default() }
+        Frame {
+            data: Some(data),
+            ..Frame::default()
+        }
     }
 
     /// Check the fields (see [`EncodeError`]).
@@ -183,10 +190,16 @@ mod tests {
 
     #[test]
     fn data_only() {
-        assert_eq!(Frame::data(b"{\"a\":1}").encode().unwrap(), b"data: {\"a\":1}\n\n");
+        assert_eq!(
+            Frame::data(b"{\"a\":1}").encode().unwrap(),
+            b"data: {\"a\":1}\n\n"
+        );
         assert_eq!(Frame::data(b"").encode().unwrap(), b"data: \n\n");
         assert_eq!(Frame::data(b" x").encode().unwrap(), b"data:  x\n\n");
-        assert_eq!(Frame::data(b"a\r\nb\rc\nd").encode().unwrap(), b"data: a\ndata: b\ndata: c\ndata: d\n\n");
+        assert_eq!(
+            Frame::data(b"a\r\nb\rc\nd").encode().unwrap(),
+            b"data: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
     }
 
     #[test]
@@ -199,24 +212,54 @@ mod tests {
             retry: Some(1500),
         };
         let out = f.encode().unwrap();
-        assert_eq!(out, b": c1\n: c2\nid: 7\nevent: update\ndata: x\nretry: 1500\n\n");
+        assert_eq!(
+            out,
+            b": c1\n: c2\nid: 7\nevent: update\ndata: x\nretry: 1500\n\n"
+        );
         assert_eq!(out.len(), f.encoded_len());
         let ev = Decoder::default().feed(&out).unwrap();
         assert_eq!(ev.len(), 1);
-        assert_eq!((ev[0].event.as_str(), ev[0].data.as_str(), ev[0].id.as_str()), ("update", "x", "7"));
+        assert_eq!(
+            (ev[0].event.as_str(), ev[0].data.as_str(), ev[0].id.as_str()),
+            ("update", "x", "7")
+        );
         assert_eq!(ev[0].retry, Some(1500));
-        let keepalive = Frame { comment: Some("keep-alive"), ..Frame::default() };
+        let keepalive = Frame {
+            comment: Some("keep-alive"),
+            ..Frame::default()
+        };
         assert_eq!(keepalive.encode().unwrap(), b": keep-alive\n\n");
-        let zero = Frame { retry: Some(0), ..Frame::default() };
+        let zero = Frame {
+            retry: Some(0),
+            ..Frame::default()
+        };
         assert_eq!(zero.encode().unwrap(), b"retry: 0\n\n");
     }
 
     #[test]
     fn rejects() {
         let e = |f: Frame| f.encode().unwrap_err();
-        assert_eq!(e(Frame { event: Some("a\nb"), ..Frame::default() }), EncodeError::EventHasLineBreak);
-        assert_eq!(e(Frame { id: Some("a\rb"), ..Frame::default() }), EncodeError::IdHasLineBreak);
-        assert_eq!(e(Frame { id: Some("a\0b"), ..Frame::default() }), EncodeError::IdHasNul);
+        assert_eq!(
+            e(Frame {
+                event: Some("a\nb"),
+                ..Frame::default()
+            }),
+            EncodeError::EventHasLineBreak
+        );
+        assert_eq!(
+            e(Frame {
+                id: Some("a\rb"),
+                ..Frame::default()
+            }),
+            EncodeError::IdHasLineBreak
+        );
+        assert_eq!(
+            e(Frame {
+                id: Some("a\0b"),
+                ..Frame::default()
+            }),
+            EncodeError::IdHasNul
+        );
         assert_eq!(e(Frame::data(b"\xff")), EncodeError::DataNotUtf8);
     }
 }

@@ -4,5 +4,5 @@
 mod decoder;
 mod encoder;
 
-pub use decoder::{DecodeError, Decoder, Event, DEFAULT_LIMIT};
+pub use decoder::{DecodeError, Decoder, Event, EventRef, DEFAULT_LIMIT};
 pub use encoder::{EncodeError, Frame};

@@ -1,0 +1,1412 @@
+"""The router's ASGI application (framework-free; served by granian).
+
+`create_app(config)` returns an ASGI callable. Routes come from a dict; long-lived state (HTTP session,
+worker pool, health probes) is created in the lifespan startup (or on the first request when the server
+runs no lifespan). Streams are sent frame by frame as the worker produces them, with
+``content-type: text/event-stream`` exactly, and always end with ``more_body: False``. A task watching
+``receive()`` turns a client disconnect into a cancellation of the request, which aborts the request on its
+worker (``POST /abort_request``) and releases the worker's in-flight count.
+
+Chat output text passes through an optional per-request *output processor* (reasoning / tool-call parsing):
+``App.output_processor_factory(chat_request, prompt_text)`` returns ``None`` or an object with
+``feed(text) -> list[delta]``, ``finish() -> list[delta]`` and an optional ``finish_reason`` attribute
+(for example ``"tool_calls"``) read after ``finish()``; a delta is an OpenAI delta dict such as
+``{"content": ...}``, ``{"reasoning_content": ...}`` or ``{"tool_calls": [...]}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+import radixrouter
+from radixrouter import SseDecoder, encode_event
+from radixrouter.config import Config
+from radixrouter.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from radixrouter.metrics import Metrics
+from radixrouter.openai_api import (
+    ApiError,
+    ChatRequest,
+    abort_error,
+    bad,
+    chat_logprobs,
+    completion_logprobs,
+    finish_reason,
+    parse_chat,
+    parse_completion,
+    usage_obj,
+)
+from radixrouter.upstream import TRANSPORT_ERRORS, Upstream
+from radixrouter.workers import RouteContext, Worker, WorkerError, WorkerPool, make_policy
+
+log = logging.getLogger("radixrouter")
+
+_loads = orjson.loads
+_dumps = orjson.dumps
+
+# ---------------------------------------------------------------------------- prebuilt messages
+
+_H_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_START_JSON_200 = {"type": "http.response.start", "status": 200, "headers": [_H_JSON]}
+_START_METRICS = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", METRICS_CONTENT_TYPE)]}
+_KEEPALIVE = encode_event(comment="keep-alive")
+_DONE = encode_event(b"[DONE]")
+_ROLE_DELTA = b'{"role":"assistant","content":""}'
+_EMPTY_DELTA = b"{}"
+_NULL = b"null"
+_FINISH = {"stop": b'"stop"', "length": b'"length"', "tool_calls": b'"tool_calls"', "content_filter": b'"content_filter"'}
+
+
+def _body(data: bytes, more: bool = False) -> dict:
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+class UpstreamFailure(Exception):
+    """A worker failed (transport error, early end, timeout). Retryable if nothing reached the client yet."""
+
+    def __init__(self, error: ApiError, retryable: bool):
+        super().__init__(error.message)
+        self.error = error
+        self.retryable = retryable
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request body was being read."""
+
+
+class Exchange:
+    """One HTTP request/response in flight."""
+
+    __slots__ = ("scope", "receive", "send", "started", "disconnected", "t0", "worker_header")
+
+    def __init__(self, scope, receive, send):
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.started = False
+        self.disconnected = False
+        self.t0 = time.perf_counter()
+        self.worker_header: bytes | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        for k, v in self.scope["headers"]:
+            if k == name:
+                return v
+        return None
+
+
+def _worker_error(status: int, data: bytes, url: str) -> ApiError:
+    """An OpenAI error object from a worker's error response (SGLang answers {"error": {"message": ...}})."""
+    msg = None
+    try:
+        obj = _loads(data)
+        err = obj.get("error") if isinstance(obj, dict) else None
+        if isinstance(err, dict):
+            msg = err.get("message")
+        elif isinstance(err, str):
+            msg = err
+        elif isinstance(obj, dict):
+            msg = obj.get("message") or obj.get("detail")
+    except orjson.JSONDecodeError:
+        msg = data[:500].decode("utf-8", "replace") or None
+    if not isinstance(msg, str) or not msg:
+        msg = f"worker answered HTTP {status}"
+    code = "upstream_error" if status >= 500 or status == 429 else None
+    return ApiError(status, msg, code=code)
+
+
+# ---------------------------------------------------------------------------- per-choice stream state
+
+
+class Choice:
+    """The output of one generation as the worker streams it (cumulative or incremental events)."""
+
+    __slots__ = ("index", "mode", "text", "ids", "meta", "lps", "tops", "lp_sent", "finish", "abort", "proc", "emitted")
+
+    def __init__(self, index: int, mode: str | None):
+        self.index = index
+        self.mode = mode  # None until detected
+        self.text = ""
+        self.ids: list[int] = []
+        self.meta: dict = {}
+        self.lps: list = []
+        self.tops: list = []
+        self.lp_sent = 0
+        self.finish: str | None = None
+        self.abort: dict | None = None
+        self.proc: Any = None
+        self.emitted = False
+
+    def update(self, obj: dict) -> str:
+        """Apply one worker event; return the new text."""
+        text = obj.get("text") or ""
+        meta = obj.get("meta_info") or {}
+        ids = obj.get("output_ids")
+        mode = self.mode
+        if mode is None and (self.text or self.ids):
+            ct = meta.get("completion_tokens")
+            if ids is not None and isinstance(ct, int) and (self.ids or ids):
+                mode = "cumulative" if len(ids) == ct else "incremental"
+            else:
+                mode = "cumulative" if text.startswith(self.text) else "incremental"
+            self.mode = mode
+        if mode == "incremental":
+            delta = text
+            self.text += text
+            if ids:
+                self.ids.extend(ids)
+            lp = meta.get("output_token_logprobs")
+            if lp:
+                self.lps.extend(lp)
+            tp = meta.get("output_top_logprobs")
+            if tp:
+                self.tops.extend(tp)
+        else:
+            old = self.text
+            delta = text[len(old):] if len(text) > len(old) else ""
+            self.text = text
+            if ids is not None:
+                self.ids = ids if mode is not None else list(ids)
+            lp = meta.get("output_token_logprobs")
+            if lp is not None:
+                self.lps = lp if mode is not None else list(lp)
+            tp = meta.get("output_top_logprobs")
+            if tp is not None:
+                self.tops = tp if mode is not None else list(tp)
+        self.meta = meta
+        if meta.get("finish_reason") is not None:
+            self.finish, self.abort = finish_reason(meta)
+        return delta
+
+    def logprob_meta(self) -> dict:
+        return {"output_token_logprobs": self.lps, "output_top_logprobs": self.tops}
+
+
+def _merge_deltas(deltas: list[dict], message: dict) -> None:
+    """Accumulate processor deltas into a non-streaming chat message."""
+    for d in deltas:
+        for k, v in d.items():
+            if k == "tool_calls":
+                calls = message.setdefault("tool_calls", [])
+                for tc in v:
+                    idx = tc.get("index", len(calls))
+                    while len(calls) <= idx:
+                        calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                    cur = calls[idx]
+                    if tc.get("id"):
+                        cur["id"] = tc["id"]
+                    fn = tc.get("function") or {}
+                    if fn.get("name"):
+                        cur["function"]["name"] += fn["name"]
+                    if fn.get("arguments"):
+                        cur["function"]["arguments"] += fn["arguments"]
+            elif isinstance(v, str):
+                message[k] = (message.get(k) or "") + v
+
+
+# ---------------------------------------------------------------------------- frame builders
+
+
+class ChatFrames:
+    __slots__ = ("head", "tail", "usage_head")
+
+    def __init__(self, cid: str, created: int, model: str, include_usage: bool):
+        self.head = b'{"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,"choices":[' % (
+            cid.encode(), created, _dumps(model))
+        self.tail = b'],"usage":null}' if include_usage else b"]}"
+        self.usage_head = self.head + b'],"usage":'
+
+    def frame(self, index: int, delta: bytes, finish: bytes = _NULL, logprobs: bytes = _NULL) -> bytes:
+        return encode_event(
+            self.head + b'{"index":%d,"delta":%s,"logprobs":%s,"finish_reason":%s}' % (index, delta, logprobs, finish)
+            + self.tail
+        )
+
+    def usage(self, usage: dict) -> bytes:
+        return encode_event(self.usage_head + _dumps(usage) + b"}")
+
+
+class CompletionFrames:
+    __slots__ = ("head", "tail", "usage_head")
+
+    def __init__(self, cid: str, created: int, model: str, include_usage: bool):
+        self.head = b'{"id":"%s","object":"text_completion","created":%d,"model":%s,"choices":[' % (
+            cid.encode(), created, _dumps(model))
+        self.tail = b'],"usage":null}' if include_usage else b"]}"
+        self.usage_head = self.head + b'],"usage":'
+
+    def frame(self, index: int, text: str, finish: bytes = _NULL, logprobs: bytes = _NULL) -> bytes:
+        return encode_event(
+            self.head + b'{"text":%s,"index":%d,"logprobs":%s,"finish_reason":%s}' % (_dumps(text), index, logprobs, finish)
+            + self.tail
+        )
+
+    def usage(self, usage: dict) -> bytes:
+        return encode_event(self.usage_head + _dumps(usage) + b"}")
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+class App:
+    def __init__(self, config: Config):
+        self.config = config
+        self.model_name = config.model_name()
+        self._api_secret = ("Bearer " + config.api_key).encode() if config.api_key else None
+        admin = config.admin_secret()
+        self._admin_secret = ("Bearer " + admin).encode() if admin else None
+        self.tokenizer: Any = None
+        self.builder: Any = None
+        self.cache: Any = None
+        if hasattr(radixrouter, "PrefixCache"):
+            self.cache = radixrouter.PrefixCache(max_tokens=config.cache_max_tokens)
+        if config.model_path or config.tokenizer:
+            self.tokenizer = load_tokenizer(config)
+            from radixrouter.tokenizer import PromptBuilder
+
+            self.builder = PromptBuilder(self.tokenizer, self.cache)
+        self.policy = make_policy(
+            config.policy, self.cache, threshold=config.cache_threshold,
+            balance_abs=config.balance_abs_threshold, balance_rel=config.balance_rel_threshold,
+        ) if config.policy == "cache_aware" else make_policy(config.policy)
+        self.pool = WorkerPool(
+            config.worker_urls, self.policy,
+            failure_threshold=config.health_failure_threshold, success_threshold=config.health_success_threshold,
+        )
+        self.metrics = Metrics()
+        self.metrics.attach_state(self.pool.list, self._cache_stats)
+        self.upstream: Upstream | None = None
+        self._health_task: asyncio.Task | None = None
+        self._started = False
+        self.active = 0  # generation requests in flight
+        self._fixed_mode = None if config.worker_stream_mode == "auto" else config.worker_stream_mode
+        self._sse_starts: dict[str, dict] = {}
+        self._json_starts: dict[str, dict] = {}
+        # hook for reasoning / tool-call parsing of chat output (see the module docstring)
+        self.output_processor_factory: Callable[[ChatRequest, str], Any] | None = None
+        self.routes: dict[str, tuple[str, Callable, str, int]] = {
+            # path: (method, handler, metric route name, flags)   flags: 1 = auth, 2 = admin, 4 = generation
+            "/v1/chat/completions": ("POST", self.chat_completions, "chat", 5),
+            "/v1/completions": ("POST", self.completions, "completions", 5),
+            "/v1/models": ("GET", self.models, "models", 1),
+            "/generate": ("POST", self.generate, "generate", 5),
+            "/retrieve_from_text": ("POST", self.retrieve_from_text, "retrieve_from_text", 1),
+            "/add_worker": ("POST", self.add_worker, "add_worker", 2),
+            "/remove_worker": ("POST", self.remove_worker, "remove_worker", 2),
+            "/list_workers": ("GET", self.list_workers, "list_workers", 2),
+            "/health": ("GET", self.health, "health", 0),
+            "/readiness": ("GET", self.readiness, "readiness", 0),
+            "/metrics": ("GET", self.metrics_endpoint, "metrics", 0),
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+    async def startup(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        cfg = self.config
+        self.upstream = Upstream(connect_timeout=cfg.connect_timeout, request_timeout=cfg.request_timeout)
+        await self._probe_all()
+        self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+
+    async def shutdown(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            self._health_task = None
+        if self.upstream is not None:
+            await self.upstream.close()
+        self._started = False
+
+    async def _lifespan(self, scope, receive, send) -> None:
+        while True:
+            msg = await receive()
+            t = msg["type"]
+            if t == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as e:  # noqa: BLE001
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
+                state = scope.get("state")
+                if isinstance(state, dict):
+                    state["router"] = self
+                await send({"type": "lifespan.startup.complete"})
+            elif t == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _probe(self, w: Worker) -> None:
+        assert self.upstream is not None
+        try:
+            status, _ = await self.upstream.get(w.url + "/health", self.config.health_check_timeout)
+            ok = status == 200
+        except TRANSPORT_ERRORS:
+            ok = False
+        if ok:
+            self.pool.report_success(w)
+        else:
+            if not w.healthy:
+                w.consecutive_successes = 0
+            self.pool.report_failure(w)
+
+    async def _probe_all(self) -> None:
+        ws = self.pool.list()
+        if ws:
+            await asyncio.gather(*(self._probe(w) for w in ws))
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_check_interval)
+            try:
+                await self._probe_all()
+            except Exception:  # noqa: BLE001
+                log.exception("health probe round failed")
+
+    def _cache_stats(self) -> dict | None:
+        return self.cache.stats() if self.cache is not None else None
+
+    # ------------------------------------------------------------------ ASGI entry
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(scope, receive, send)
+            return
+        if not self._started:
+            await self.startup()
+        ex = Exchange(scope, receive, send)
+        route = self.routes.get(scope["path"])
+        name = "other"
+        status = 500
+        counted = False
+        try:
+            if route is None:
+                raise ApiError(404, f"no route {scope['path']}", code="not_found")
+            method, handler, name, flags = route
+            if scope["method"] != method:
+                raise ApiError(405, f"{scope['method']} is not allowed on {scope['path']}; use {method}")
+            if flags & 3:
+                secret = self._admin_secret if flags & 2 else self._api_secret
+                if secret is not None:
+                    got = ex.header(b"authorization")
+                    if got is None or not hmac.compare_digest(got, secret):
+                        raise ApiError(401, "Incorrect or missing API key", code="invalid_api_key")
+            if flags & 4:
+                limit = self.config.max_concurrent_requests
+                if limit and self.active >= limit:
+                    raise ApiError(
+                        429, "Too many concurrent requests, retry shortly", code="rate_limit_exceeded",
+                        headers=[(b"retry-after", b"1")],
+                    )
+                self.active += 1
+                counted = True
+            status = await handler(ex)
+        except ApiError as e:
+            status = e.status
+            await self._send_error(ex, e)
+        except ClientGone:
+            status = 499
+        except asyncio.CancelledError:
+            if not ex.disconnected:
+                raise
+            status = 499
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()
+        except Exception:  # a bug: log it, answer 500 (never leave the client hanging)
+            log.exception("unhandled error on %s", scope["path"])
+            status = 500
+            await self._send_error(ex, ApiError(500, "internal router error"))
+        finally:
+            if counted:
+                self.active -= 1
+            self.metrics.count_request(name, status)
+
+    async def _send_error(self, ex: Exchange, e: ApiError) -> None:
+        if ex.disconnected:
+            return
+        if ex.started:  # a stream is open: an error frame ends it (no [DONE])
+            await ex.send(_body(encode_event(e.body())))
+            return
+        headers = [_H_JSON]
+        if e.headers:
+            headers += e.headers
+        ex.started = True
+        await ex.send({"type": "http.response.start", "status": e.status, "headers": headers})
+        await ex.send(_body(e.body()))
+
+    # ------------------------------------------------------------------ small helpers
+    async def _read_body(self, ex: Exchange) -> bytes:
+        limit = self.config.max_body_bytes
+        cl = ex.header(b"content-length")
+        too_big = False
+        if cl is not None:
+            try:
+                too_big = int(cl) > limit
+            except ValueError:
+                raise bad("invalid Content-Length header") from None
+        receive = ex.receive
+        chunks = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                ex.disconnected = True
+                raise ClientGone()
+            b = msg.get("body", b"")
+            size += len(b)
+            if size > limit:
+                too_big = True
+            if not too_big:
+                chunks.append(b)
+            if not msg.get("more_body", False):
+                break
+            if size > 4 * limit + (64 << 20):
+                break  # stop draining an endless body
+        if too_big:
+            raise ApiError(413, f"request body larger than {limit} bytes", code="request_too_large")
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _json_body(self, ex: Exchange) -> Any:
+        body = await self._read_body(ex)
+        if not body:
+            raise bad("the request body is empty; expected a JSON object")
+        try:
+            return _loads(body)
+        except orjson.JSONDecodeError as e:
+            raise bad(f"invalid JSON body: {e}") from None
+
+    async def _send_json(self, ex: Exchange, obj: Any, status: int = 200, worker: Worker | None = None) -> int:
+        ex.started = True
+        if worker is not None:
+            start = self._json_starts.get(worker.url)
+            if start is None:
+                start = self._json_starts[worker.url] = {
+                    "type": "http.response.start", "status": 200,
+                    "headers": [_H_JSON, (b"x-radixrouter-worker", worker.url.encode())],
+                }
+            if status != 200:
+                start = dict(start, status=status)
+        elif status == 200:
+            start = _START_JSON_200
+        else:
+            start = {"type": "http.response.start", "status": status, "headers": [_H_JSON]}
+        await ex.send(start)
+        await ex.send(_body(obj if isinstance(obj, bytes) else _dumps(obj)))
+        return status
+
+    async def _start_sse(self, ex: Exchange, worker: Worker) -> None:
+        start = self._sse_starts.get(worker.url)
+        if start is None:
+            start = self._sse_starts[worker.url] = {
+                "type": "http.response.start", "status": 200,
+                "headers": [*_SSE_HEADERS, (b"x-radixrouter-worker", worker.url.encode())],
+            }
+        ex.started = True
+        await ex.send(start)
+
+    def _watch(self, ex: Exchange) -> asyncio.Task:
+        """A task that cancels the current request when the client disconnects."""
+        task = asyncio.current_task()
+        receive = ex.receive
+
+        async def watcher() -> None:
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    ex.disconnected = True
+                    if task is not None:
+                        task.cancel()
+                    return
+
+        return asyncio.get_running_loop().create_task(watcher())
+
+    # ------------------------------------------------------------------ the upstream call with retries
+    async def _call(self, ex: Exchange, ctx: RouteContext, path: str, body: bytes, rid: str, consume) -> Any:
+        """POST `body` to a worker chosen by the policy and hand the 200 response to `consume(worker, resp)`.
+
+        Before anything reached the client, a transport error, timeout, 429 or 5xx (or an UpstreamFailure
+        raised by `consume` with retryable=True) moves the request to another worker, at most
+        `max_retries` times with jittered backoff. A worker's 4xx goes back to the client and never counts
+        against the worker.
+        """
+        cfg = self.config
+        pool = self.pool
+        upstream = self.upstream
+        assert upstream is not None
+        tried: set[Worker] = set()
+        last: ApiError | None = None
+        for attempt in range(cfg.max_retries + 1):
+            w = pool.pick(ctx, tried)
+            if w is None:
+                break
+            if attempt:
+                self.metrics.retries.labels("worker_failure").inc()
+                await asyncio.sleep(random.uniform(0, cfg.retry_backoff * (1 << (attempt - 1))))
+            tried.add(w)
+            w.in_flight += 1
+            w.total_requests += 1
+            resp = None
+            ok = False
+            try:
+                try:
+                    resp = await upstream.post(w.url + path, body)
+                    status = resp.status
+                    if status != 200:
+                        data = await resp.read()
+                except TRANSPORT_ERRORS as e:
+                    pool.report_failure(w)
+                    last = ApiError(502, f"worker {w.url} failed: {e.__class__.__name__}: {e}", code="upstream_error")
+                    continue
+                if status != 200:
+                    err = _worker_error(status, data, w.url)
+                    if status == 429 or status >= 500:
+                        if status >= 500:
+                            pool.report_failure(w)
+                        last = err
+                        continue
+                    raise err  # the client's fault: returned as is, the worker stays healthy
+                try:
+                    result = await consume(w, resp)
+                except UpstreamFailure as f:
+                    pool.report_failure(w)
+                    upstream.abort(w.url, rid)
+                    if not f.retryable:
+                        raise f.error from None
+                    last = f.error
+                    continue
+                ok = True
+                pool.report_success(w)
+                return result
+            except asyncio.CancelledError:
+                # the client left (or a sibling choice failed): stop the work on the worker at once
+                upstream.abort(w.url, rid)
+                self.metrics.aborts.inc()
+                raise
+            finally:
+                w.in_flight -= 1
+                if resp is not None:
+                    if ok:
+                        resp.release()
+                    else:
+                        resp.close()
+        if last is None:
+            last = ApiError(503, "no worker available", code="no_worker")
+        raise last
+
+    async def _read_json(self, w: Worker, resp) -> Any:
+        try:
+            data = await resp.read()
+        except TRANSPORT_ERRORS as e:
+            raise UpstreamFailure(ApiError(502, f"worker {w.url} failed: {e}", code="upstream_error"), True) from None
+        try:
+            return _loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamFailure(ApiError(502, f"worker {w.url} sent invalid JSON", code="upstream_error"), True) from None
+
+    async def _next_chunk(self, ex: Exchange, w: Worker, content, deadline: float, sse: bool) -> bytes:
+        """The worker's next bytes; while waiting for the first token, keep-alive frames (which start the
+        response) go out every `keepalive_interval`, and the first-token deadline applies."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(content.readany())
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise UpstreamFailure(
+                        ApiError(504, f"worker {w.url} sent no token within {self.config.first_token_timeout} s",
+                                 code="upstream_timeout"), True)
+                done, _ = await asyncio.wait((task,), timeout=min(self.config.keepalive_interval, remaining))
+                if done:
+                    return task.result()
+                if sse and loop.time() < deadline:
+                    if not ex.started:
+                        await self._start_sse(ex, w)
+                    await ex.send(_body(_KEEPALIVE, True))
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def _events(self, ex: Exchange, w: Worker, content, dec, first: bool, deadline: float, retryable: bool):
+        """Decode the next batch of worker events: (list of parsed events, done flag)."""
+        try:
+            chunk = await (self._next_chunk(ex, w, content, deadline, True) if first else content.readany())
+        except TRANSPORT_ERRORS as e:
+            raise UpstreamFailure(
+                ApiError(502, f"worker {w.url} connection failed: {e.__class__.__name__}", code="upstream_error"),
+                retryable) from None
+        if not chunk:
+            raise UpstreamFailure(
+                ApiError(502, f"worker {w.url} ended the stream early", code="upstream_error"), retryable)
+        out = []
+        done = False
+        for ev in dec.feed(chunk):
+            data = ev.data
+            if data == "[DONE]":
+                done = True
+                break
+            if not data:
+                continue
+            try:
+                obj = _loads(data)
+            except orjson.JSONDecodeError:
+                raise UpstreamFailure(
+                    ApiError(502, f"worker {w.url} sent an invalid event", code="upstream_error"), retryable) from None
+            if isinstance(obj, dict) and "error" in obj:
+                err = obj["error"]
+                msg = err.get("message") if isinstance(err, dict) else str(err)
+                raise UpstreamFailure(ApiError(502, f"worker error: {msg}", code="upstream_error"), retryable)
+            out.append(obj)
+        return out, done
+
+    # ------------------------------------------------------------------ prompts and cache
+    def _gen_body(self, prompt_ids: list[int] | None, text: str | None, sampling: dict, stream: bool, rid: str,
+                  logprobs: bool = False, top: int = 0) -> bytes:
+        body: dict[str, Any] = {"sampling_params": sampling, "stream": stream, "rid": rid}
+        if prompt_ids is not None:
+            body["input_ids"] = prompt_ids
+        else:
+            body["text"] = text
+        if logprobs:
+            body["return_logprob"] = True
+            body["return_text_in_logprobs"] = True
+            if top:
+                body["top_logprobs_num"] = top
+        return _dumps(body)
+
+    def _prepare(self, text: str):
+        """(prompt object or None, input ids or None) for a prompt text."""
+        if self.builder is None:
+            return None, None
+        prompt = self.builder.tokenize(text)
+        return prompt, prompt.ids
+
+    def _record(self, prompt: Any, text: str, ch: Choice, worker: Worker, logprobs: bool = False) -> None:
+        if ch.finish not in ("stop", "length"):
+            return
+        try:
+            if self.builder is not None and prompt is not None:
+                lps = [e[0] for e in ch.lps] if logprobs and ch.lps else None
+                self.builder.record(prompt, ch.text, ch.ids, output_logprobs=lps,
+                                    finish_reason=ch.meta.get("finish_reason"), worker=worker.url)
+            elif self.cache is not None and text:
+                self.cache.insert(text + ch.text, [], [], worker=worker.url)
+        except Exception:  # noqa: BLE001 - the cache is an optimization; never fail a finished request
+            log.exception("recording a finished request in the prefix cache failed")
+
+    def _observe(self, route: str, ex: Exchange, t_first: float | None, t_last: float | None, chunks: int,
+                 usage: tuple[int, int, int]) -> None:
+        m = self.metrics
+        now = time.perf_counter()
+        m.e2e.labels(route).observe(now - ex.t0)
+        if t_first is not None:
+            m.ttft.labels(route).observe(t_first - ex.t0)
+            if chunks > 1 and t_last is not None:
+                m.itl.labels(route).observe((t_last - t_first) / (chunks - 1))
+        m.usage(*usage)
+
+    # ------------------------------------------------------------------ /v1/chat/completions
+    async def chat_completions(self, ex: Exchange) -> int:
+        req = await self._json_body(ex)
+        creq = parse_chat(req, self.model_name)
+        if self.tokenizer is None:
+            raise ApiError(
+                501, "chat completions need a tokenizer and chat template (start the router with --model-path "
+                "or --tokenizer); use /v1/completions or /generate in text mode", code="not_implemented")
+        try:
+            text = self.tokenizer.render(creq.messages, tools=creq.tools, add_generation_prompt=True,
+                                         **creq.template_kwargs)
+        except ValueError as e:
+            raise bad(f"the chat template failed on these messages: {e}", "messages") from None
+        prompt, ids = self._prepare(text)
+        p = creq.params
+        ctx = RouteContext(text=text)
+        cid = "chatcmpl-" + uuid.uuid4().hex
+        created = int(time.time())
+        watcher = self._watch(ex)
+        try:
+            if p.stream:
+                return await self._chat_stream(ex, creq, text, prompt, ids, ctx, cid, created)
+            return await self._chat_full(ex, creq, text, prompt, ids, ctx, cid, created)
+        finally:
+            watcher.cancel()
+
+    def _make_proc(self, creq: ChatRequest, text: str):
+        f = self.output_processor_factory
+        return f(creq, text) if f is not None else None
+
+    def _sub_requests(self, p, ids, text, stream: bool, rid: str) -> list[tuple[str, bytes]]:
+        out = []
+        for i in range(p.n):
+            sp = p.sampling
+            if p.seed is not None:
+                sp = dict(sp, sampling_seed=p.seed + i)
+            r = rid if p.n == 1 else f"{rid}-{i}"
+            out.append((r, self._gen_body(ids, text, sp, stream, r, p.logprobs, p.top_logprobs)))
+        return out
+
+    async def _gather(self, coros) -> list:
+        tasks = [asyncio.ensure_future(c) for c in coros]
+        try:
+            return await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _chat_full(self, ex, creq, text, prompt, ids, ctx, cid, created) -> int:
+        p = creq.params
+        rid = uuid.uuid4().hex
+        subs = self._sub_requests(p, ids, None if ids is not None else text, False, rid)
+        served: dict[int, Worker] = {}
+
+        async def one(i: int, r: str, body: bytes) -> Choice:
+            async def consume(w: Worker, resp) -> Choice:
+                obj = await self._read_json(w, resp)
+                if isinstance(obj, list):
+                    obj = obj[0] if obj else {}
+                ch = Choice(i, "cumulative")
+                ch.update(obj)
+                served[i] = w
+                if ch.finish == "abort":
+                    raise abort_error(ch.abort)
+                return ch
+
+            return await self._call(ex, ctx, "/generate", body, r, consume)
+
+        if len(subs) == 1:
+            choices = [await one(0, *subs[0])]
+        else:
+            choices = await self._gather(one(i, r, b) for i, (r, b) in enumerate(subs))
+        out_choices = []
+        prompt_tokens = cached = completion = 0
+        for ch in choices:
+            meta = ch.meta
+            prompt_tokens = meta.get("prompt_tokens", 0) or prompt_tokens
+            cached = max(cached, meta.get("cached_tokens", 0) or 0)
+            completion += meta.get("completion_tokens", 0) or 0
+            message: dict[str, Any] = {"role": "assistant", "content": ch.text}
+            fr = ch.finish or "stop"
+            proc = self._make_proc(creq, text)
+            if proc is not None:
+                message["content"] = None
+                _merge_deltas(proc.feed(ch.text) + proc.finish(), message)
+                fr = getattr(proc, "finish_reason", None) or fr
+                if message.get("content") is None and not message.get("tool_calls"):
+                    message["content"] = ""
+            lp = None
+            if p.logprobs:
+                lp = {"content": chat_logprobs(ch.logprob_meta(), 0, p.top_logprobs), "refusal": None}
+            out_choices.append({"index": ch.index, "message": message, "logprobs": lp, "finish_reason": fr})
+        for ch in choices:
+            self._record(prompt, text, ch, served[ch.index], p.logprobs)
+        usage = (prompt_tokens, cached, completion)
+        self._observe("chat", ex, None, None, 0, usage)
+        return await self._send_json(ex, {
+            "id": cid, "object": "chat.completion", "created": created, "model": p.model,
+            "choices": out_choices, "usage": usage_obj(prompt_tokens, completion, cached),
+        }, worker=served.get(0))
+
+    async def _chat_stream(self, ex, creq, text, prompt, ids, ctx, cid, created) -> int:
+        p = creq.params
+        if p.n > 1:
+            return await self._stream_fanout(ex, p, text, prompt, ids, ctx, cid, created, creq)
+        rid = uuid.uuid4().hex
+        body = self._gen_body(ids, None if ids is not None else text, p.sampling if p.seed is None else
+                              dict(p.sampling, sampling_seed=p.seed), True, rid, p.logprobs, p.top_logprobs)
+        frames = ChatFrames(cid, created, p.model, p.include_usage)
+        send = ex.send
+        loop = asyncio.get_running_loop()
+        stats = [None, None, 0]  # first, last, chunks
+
+        async def consume(w: Worker, resp) -> Choice:
+            ch = Choice(0, self._fixed_mode or w.stream_mode)
+            ch.proc = self._make_proc(creq, text)
+            dec = SseDecoder()
+            content = resp.content
+            deadline = loop.time() + self.config.first_token_timeout
+            while True:
+                evs, done = await self._events(ex, w, content, dec, not ch.emitted, deadline, not ch.emitted)
+                out = []
+                for obj in evs:
+                    delta = ch.update(obj)
+                    if not ch.emitted:
+                        if ch.finish == "abort":
+                            raise abort_error(ch.abort)
+                        out.append(frames.frame(0, _ROLE_DELTA))
+                        ch.emitted = True
+                    if ch.proc is not None:
+                        if delta:
+                            for d in ch.proc.feed(delta):
+                                out.append(frames.frame(0, _dumps(d)))
+                    elif delta or (p.logprobs and len(ch.lps) > ch.lp_sent):
+                        lp = _NULL
+                        if p.logprobs:
+                            lp = _dumps({"content": chat_logprobs(ch.logprob_meta(), ch.lp_sent, p.top_logprobs)})
+                            ch.lp_sent = len(ch.lps)
+                        out.append(frames.frame(0, b'{"content":%s}' % _dumps(delta), _NULL, lp))
+                    if ch.finish is not None:
+                        done = True
+                        break
+                if done:
+                    if ch.finish is None:
+                        raise UpstreamFailure(ApiError(
+                            502, f"worker {w.url} ended the stream without a finish reason",
+                            code="upstream_error"), not ch.emitted)
+                    if ch.finish == "abort":
+                        if out:
+                            if not ex.started:
+                                await self._start_sse(ex, w)
+                            await send(_body(b"".join(out), True))
+                        raise abort_error(ch.abort)
+                    fr = ch.finish
+                    if ch.proc is not None:
+                        for d in ch.proc.finish():
+                            out.append(frames.frame(0, _dumps(d)))
+                        fr = getattr(ch.proc, "finish_reason", None) or fr
+                    out.append(frames.frame(0, _EMPTY_DELTA, _FINISH.get(fr, b'"stop"')))
+                    meta = ch.meta
+                    pt, ct = meta.get("prompt_tokens", 0) or 0, meta.get("completion_tokens", 0) or 0
+                    cached = meta.get("cached_tokens", 0) or 0
+                    if p.include_usage:
+                        out.append(frames.usage(usage_obj(pt, ct, cached)))
+                    out.append(_DONE)
+                    if not ex.started:
+                        await self._start_sse(ex, w)
+                    now = time.perf_counter()
+                    if stats[0] is None:
+                        stats[0] = now
+                    stats[1] = now
+                    stats[2] += 1
+                    await send(_body(b"".join(out), False))
+                    if ch.mode and w.stream_mode is None:
+                        w.stream_mode = ch.mode
+                    self._record(prompt, text, ch, w, p.logprobs)
+                    self._observe("chat", ex, stats[0], stats[1], stats[2], (pt, cached, ct))
+                    return ch
+                if out:
+                    if not ex.started:
+                        await self._start_sse(ex, w)
+                    now = time.perf_counter()
+                    if stats[0] is None:
+                        stats[0] = now
+                    stats[1] = now
+                    stats[2] += 1
+                    await send(_body(b"".join(out), True))
+
+        await self._call(ex, ctx, "/generate", body, rid, consume)
+        return 200
+
+    # ------------------------------------------------------------------ n > 1 streams (chat and completions)
+    async def _stream_fanout(self, ex, p, text, prompt, ids, ctx, cid, created, creq=None,
+                             prompts: list | None = None, echo_texts: list | None = None) -> int:
+        """Several generations streamed as one response: choice `index` for each; each sub-request retries
+        on its own until it has produced output."""
+        chat = creq is not None
+        frames = ChatFrames(cid, created, p.model, p.include_usage) if chat else CompletionFrames(
+            cid, created, p.model, p.include_usage)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        rid = uuid.uuid4().hex
+        # (index, prompt object, prompt text, ids, route ctx)
+        jobs = []
+        if prompts is None:
+            prompts = [(prompt, text, ids, ctx)]
+        k = 0
+        for pr, ptext, pids, pctx in prompts:
+            for j in range(p.n):
+                sp = p.sampling if p.seed is None else dict(p.sampling, sampling_seed=p.seed + j)
+                r = f"{rid}-{k}"
+                body = self._gen_body(pids, None if pids is not None else ptext, sp, True, r, p.logprobs,
+                                      p.top_logprobs)
+                jobs.append((k, r, body, pr, ptext, pctx))
+                k += 1
+
+        async def run(index: int, r: str, body: bytes, pctx: RouteContext) -> None:
+            async def consume(w: Worker, resp) -> None:
+                ch = Choice(index, self._fixed_mode or w.stream_mode)
+                dec = SseDecoder()
+                deadline = loop.time() + self.config.first_token_timeout
+                content = resp.content
+                while True:
+                    evs, done = await self._events(ex, w, content, dec, False, deadline, not ch.emitted)
+                    for obj in evs:
+                        delta = ch.update(obj)
+                        if not ch.emitted and ch.finish == "abort":
+                            raise abort_error(ch.abort)
+                        ch.emitted = True
+                        queue.put_nowait((ch, delta, w))
+                        if ch.finish is not None:
+                            done = True
+                            break
+                    if done:
+                        if ch.finish is None or ch.finish == "abort":
+                            if ch.finish == "abort":
+                                raise abort_error(ch.abort)
+                            raise UpstreamFailure(ApiError(
+                                502, f"worker {w.url} ended the stream without a finish reason",
+                                code="upstream_error"), not ch.emitted)
+                        if ch.mode and w.stream_mode is None:
+                            w.stream_mode = ch.mode
+                        return
+
+            await self._call(ex, pctx, "/generate", body, r, consume)
+
+        tasks = {}
+        for index, r, body, _pr, _pt, pctx in jobs:
+            t = loop.create_task(run(index, r, body, pctx))
+            t.add_done_callback(lambda t, i=index: queue.put_nowait((i, t)))
+            tasks[index] = t
+        pending = set(tasks)
+        choices: dict[int, Choice] = {}
+        worker_of: dict[int, Worker] = {}
+        procs: dict[int, Any] = {}
+        t_first = t_last = None
+        chunks = 0
+        try:
+            while pending:
+                if not ex.started:
+                    try:
+                        item = await asyncio.wait_for(queue.get(), self.config.keepalive_interval)
+                    except asyncio.TimeoutError:
+                        await self._start_sse_any(ex)
+                        await ex.send(_body(_KEEPALIVE, True))
+                        continue
+                else:
+                    item = await queue.get()
+                out = []
+                items = [item]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                for it in items:
+                    if isinstance(it[0], int):  # a task finished
+                        index, t = it
+                        pending.discard(index)
+                        exc = t.exception() if not t.cancelled() else None
+                        if exc is not None:
+                            if out:
+                                await self._emit(ex, out, True, worker_of)
+                            raise exc
+                        continue
+                    ch, delta, w = it
+                    i = ch.index
+                    if i not in choices:
+                        choices[i] = ch
+                        worker_of[i] = w
+                        if chat:
+                            out.append(frames.frame(i, _ROLE_DELTA))
+                            procs[i] = self._make_proc(creq, text)
+                        elif echo_texts is not None:
+                            out.append(frames.frame(i, echo_texts[i // p.n]))
+                    proc = procs.get(i)
+                    lp = _NULL
+                    if p.logprobs and len(ch.lps) > ch.lp_sent:
+                        if chat:
+                            lp = _dumps({"content": chat_logprobs(ch.logprob_meta(), ch.lp_sent, p.top_logprobs)})
+                        else:
+                            lp = _dumps(completion_logprobs(ch.logprob_meta(), ch.lp_sent, p.top_logprobs, 0))
+                        ch.lp_sent = len(ch.lps)
+                    if chat:
+                        if proc is not None:
+                            for d in proc.feed(delta) if delta else ():
+                                out.append(frames.frame(i, _dumps(d)))
+                        elif delta or lp is not _NULL:
+                            out.append(frames.frame(i, b'{"content":%s}' % _dumps(delta), _NULL, lp))
+                    elif delta or lp is not _NULL:
+                        out.append(frames.frame(i, delta, _NULL, lp))
+                    if ch.finish is not None:
+                        fr = ch.finish
+                        if chat:
+                            if proc is not None:
+                                for d in proc.finish():
+                                    out.append(frames.frame(i, _dumps(d)))
+                                fr = getattr(proc, "finish_reason", None) or fr
+                            out.append(frames.frame(i, _EMPTY_DELTA, _FINISH.get(fr, b'"stop"')))
+                        else:
+                            out.append(frames.frame(i, "", _FINISH.get(fr, b'"stop"')))
+                if out:
+                    now = time.perf_counter()
+                    if t_first is None:
+                        t_first = now
+                    t_last = now
+                    chunks += 1
+                    await self._emit(ex, out, True, worker_of)
+        except BaseException:
+            for t in tasks.values():
+                t.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            raise
+        pt = cached = ct = 0
+        for i, ch in choices.items():
+            meta = ch.meta
+            pt = pt + (meta.get("prompt_tokens", 0) or 0) if (i % p.n == 0) else pt
+            cached = cached + (meta.get("cached_tokens", 0) or 0) if (i % p.n == 0) else cached
+            ct += meta.get("completion_tokens", 0) or 0
+            _k, _r, _b, pr, ptext, _c = jobs[i]
+            self._record(pr, ptext, ch, worker_of[i], p.logprobs)
+        out = []
+        if p.include_usage:
+            out.append(frames.usage(usage_obj(pt, ct, cached)))
+        out.append(_DONE)
+        await self._emit(ex, out, False, worker_of)
+        self._observe("chat" if chat else "completions", ex, t_first, t_last, chunks, (pt, cached, ct))
+        return 200
+
+    async def _start_sse_any(self, ex: Exchange) -> None:
+        if not ex.started:
+            ex.started = True
+            await ex.send({"type": "http.response.start", "status": 200, "headers": list(_SSE_HEADERS)})
+
+    async def _emit(self, ex: Exchange, out: list[bytes], more: bool, worker_of: dict) -> None:
+        if not ex.started:
+            w = worker_of.get(0) or next(iter(worker_of.values()), None)
+            if w is not None:
+                await self._start_sse(ex, w)
+            else:
+                await self._start_sse_any(ex)
+        await ex.send(_body(b"".join(out), more))
+
+    # ------------------------------------------------------------------ /v1/completions
+    async def completions(self, ex: Exchange) -> int:
+        req = await self._json_body(ex)
+        creq = parse_completion(req, self.model_name)
+        p = creq.params
+        prompts = []  # (prompt object, text, ids, ctx)
+        echo_texts = []
+        for pr in creq.prompts:
+            if isinstance(pr, str):
+                prompt, ids = self._prepare(pr)
+                prompts.append((prompt, pr, ids, RouteContext(text=pr)))
+                echo_texts.append(pr)
+            else:
+                ptext = ""
+                if self.tokenizer is not None:
+                    ptext = self.tokenizer.decode(pr, skip_special_tokens=False)
+                elif creq.echo:
+                    raise bad("'echo' with token-id prompts needs a tokenizer (--model-path)", "echo")
+                prompts.append((None, ptext, list(pr), RouteContext(text=ptext)))
+                echo_texts.append(ptext)
+        cid = "cmpl-" + uuid.uuid4().hex
+        created = int(time.time())
+        watcher = self._watch(ex)
+        try:
+            if p.stream:
+                return await self._stream_fanout(ex, p, None, None, None, None, cid, created, None, prompts,
+                                                 echo_texts if creq.echo else None)
+            return await self._completion_full(ex, creq, prompts, echo_texts, cid, created)
+        finally:
+            watcher.cancel()
+
+    async def _completion_full(self, ex, creq, prompts, echo_texts, cid, created) -> int:
+        p = creq.params
+        rid = uuid.uuid4().hex
+        served: dict[int, Worker] = {}
+        jobs = []
+        k = 0
+        for pi, (prompt, ptext, ids, ctx) in enumerate(prompts):
+            for j in range(p.n):
+                sp = p.sampling if p.seed is None else dict(p.sampling, sampling_seed=p.seed + j)
+                r = rid if len(prompts) * p.n == 1 else f"{rid}-{k}"
+                body = self._gen_body(ids, None if ids is not None else ptext, sp, False, r, p.logprobs, p.top_logprobs)
+                jobs.append((k, pi, r, body, ctx))
+                k += 1
+
+        async def one(index: int, r: str, body: bytes, ctx: RouteContext) -> Choice:
+            async def consume(w: Worker, resp) -> Choice:
+                obj = await self._read_json(w, resp)
+                if isinstance(obj, list):
+                    obj = obj[0] if obj else {}
+                ch = Choice(index, "cumulative")
+                ch.update(obj)
+                if ch.finish == "abort":
+                    raise abort_error(ch.abort)
+                served[index] = w
+                return ch
+
+            return await self._call(ex, ctx, "/generate", body, r, consume)
+
+        if len(jobs) == 1:
+            k0, _pi, r, body, ctx = jobs[0]
+            choices = [await one(k0, r, body, ctx)]
+        else:
+            choices = await self._gather(one(k, r, b, c) for k, _pi, r, b, c in jobs)
+        out = []
+        pt = cached = ct = 0
+        for ch, (_k, pi, _r, _b, _c) in zip(choices, jobs):
+            meta = ch.meta
+            if ch.index % p.n == 0:
+                pt += meta.get("prompt_tokens", 0) or 0
+                cached += meta.get("cached_tokens", 0) or 0
+            ct += meta.get("completion_tokens", 0) or 0
+            echo = echo_texts[pi] if creq.echo else ""
+            lp = None
+            if p.logprobs:
+                lp = completion_logprobs(ch.logprob_meta(), 0, p.top_logprobs, len(echo))
+            out.append({"text": echo + ch.text, "index": ch.index, "logprobs": lp, "finish_reason": ch.finish or "stop"})
+            prompt, ptext, _ids, _ctx = prompts[pi]
+            self._record(prompt, ptext, ch, served[ch.index], p.logprobs)
+        self._observe("completions", ex, None, None, 0, (pt, cached, ct))
+        return await self._send_json(ex, {
+            "id": cid, "object": "text_completion", "created": created, "model": p.model,
+            "choices": out, "usage": usage_obj(pt, ct, cached),
+        }, worker=served.get(0))
+
+    # ------------------------------------------------------------------ /generate (SGLang passthrough)
+    async def generate(self, ex: Exchange) -> int:
+        req = await self._json_body(ex)
+        if not isinstance(req, dict):
+            raise bad("the request body must be a JSON object")
+        text = req.get("text")
+        has_ids = req.get("input_ids") is not None
+        if (text is None) == (not has_ids):
+            raise bad("exactly one of 'text' and 'input_ids' is required", "text")
+        if text is not None and not isinstance(text, str):
+            if isinstance(text, list):
+                raise bad("batched 'text' is not supported by the router; send one request per prompt", "text")
+            raise bad("'text' must be a string", "text")
+        if has_ids:
+            ids = req["input_ids"]
+            if not isinstance(ids, list) or not ids or not all(
+                    isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+                raise bad("'input_ids' must be a non-empty list of token ids (batches are not supported)", "input_ids")
+        sp = req.get("sampling_params")
+        if sp is not None and not isinstance(sp, dict):
+            raise bad("'sampling_params' must be an object", "sampling_params")
+        stream = req.get("stream", False)
+        if not isinstance(stream, bool):
+            raise bad("'stream' must be a boolean", "stream")
+        rid = req.get("rid")
+        if rid is None:
+            rid = req["rid"] = uuid.uuid4().hex
+        elif not isinstance(rid, str):
+            raise bad("'rid' must be a string (batches are not supported)", "rid")
+        prompt = None
+        if text is not None and self.builder is not None:
+            prompt = self.builder.tokenize(text)
+            del req["text"]
+            req["input_ids"] = prompt.ids
+        body = _dumps(req)
+        ctx = RouteContext(text=text or "")
+        want_lp = bool(req.get("return_logprob"))
+        watcher = self._watch(ex)
+        try:
+            if stream:
+                return await self._generate_stream(ex, ctx, body, rid, prompt, text, want_lp)
+            return await self._generate_full(ex, ctx, body, rid, prompt, text, want_lp)
+        finally:
+            watcher.cancel()
+
+    async def _generate_full(self, ex, ctx, body, rid, prompt, text, want_lp) -> int:
+        async def consume(w: Worker, resp):
+            try:
+                data = await resp.read()
+            except TRANSPORT_ERRORS as e:
+                raise UpstreamFailure(ApiError(502, f"worker {w.url} failed: {e}", code="upstream_error"), True) from None
+            return w, data
+
+        w, data = await self._call(ex, ctx, "/generate", body, rid, consume)
+        usage = (0, 0, 0)
+        try:
+            obj = _loads(data)
+            if isinstance(obj, dict):
+                ch = Choice(0, "cumulative")
+                ch.update(obj)
+                m = ch.meta
+                usage = (m.get("prompt_tokens", 0) or 0, m.get("cached_tokens", 0) or 0, m.get("completion_tokens", 0) or 0)
+                if text is not None:
+                    self._record(prompt, text, ch, w, want_lp)
+        except orjson.JSONDecodeError:
+            pass
+        self._observe("generate", ex, None, None, 0, usage)
+        return await self._send_json(ex, data, worker=w)
+
+    async def _generate_stream(self, ex, ctx, body, rid, prompt, text, want_lp) -> int:
+        """Relay the worker's SSE bytes unchanged, decoding alongside to record the result."""
+        send = ex.send
+        loop = asyncio.get_running_loop()
+        stats = [None, None, 0]
+
+        async def consume(w: Worker, resp):
+            content = resp.content
+            dec = SseDecoder()
+            ch = Choice(0, self._fixed_mode or w.stream_mode)
+            deadline = loop.time() + self.config.first_token_timeout
+            emitted = False
+            last = None
+            while True:
+                try:
+                    chunk = await (self._next_chunk(ex, w, content, deadline, True) if not emitted else content.readany())
+                except TRANSPORT_ERRORS as e:
+                    raise UpstreamFailure(ApiError(502, f"worker {w.url} connection failed: {e}",
+                                                   code="upstream_error"), not emitted) from None
+                if not chunk:
+                    if last is None:
+                        raise UpstreamFailure(ApiError(502, f"worker {w.url} ended the stream early",
+                                                       code="upstream_error"), not emitted)
+                    break
+                done = False
+                for ev in dec.feed(chunk):
+                    if ev.data == "[DONE]":
+                        done = True
+                    elif ev.data:
+                        last = ev.data
+                        if ch.mode != "cumulative":
+                            try:
+                                ch.update(_loads(ev.data))
+                            except (orjson.JSONDecodeError, AttributeError):
+                                pass
+                if not ex.started:
+                    await self._start_sse(ex, w)
+                emitted = True
+                now = time.perf_counter()
+                if stats[0] is None:
+                    stats[0] = now
+                stats[1] = now
+                stats[2] += 1
+                await send(_body(chunk, True))
+                if done:
+                    break
+            await send(_body(b"", False))
+            if last is not None and ch.mode == "cumulative":
+                try:
+                    ch.update(_loads(last))
+                except (orjson.JSONDecodeError, AttributeError):
+                    pass
+            m = ch.meta
+            if text is not None:
+                self._record(prompt, text, ch, w, want_lp)
+            self._observe("generate", ex, stats[0], stats[1], stats[2],
+                          (m.get("prompt_tokens", 0) or 0, m.get("cached_tokens", 0) or 0,
+                           m.get("completion_tokens", 0) or 0))
+            return None
+
+        await self._call(ex, ctx, "/generate", body, rid, consume)
+        return 200
+
+    # ------------------------------------------------------------------ slime API, admin, health
+    async def retrieve_from_text(self, ex: Exchange) -> int:
+        req = await self._json_body(ex)
+        if not isinstance(req, dict) or not isinstance(req.get("text"), str):
+            raise bad("'text' (a string) is required", "text")
+        text = req["text"]
+        if self.tokenizer is None:
+            raise ApiError(501, "/retrieve_from_text needs a tokenizer (--model-path)", code="not_implemented")
+        ids: list[int] = []
+        lps: list[float] = []
+        mask: list[int] = []
+        rest = text
+        if self.cache is not None:
+            m = self.cache.match(text)
+            if m.length:
+                ids = list(m.token_ids)
+                lps = list(m.logprobs)
+                mask = list(m.loss_mask)
+                rest = text[m.length:]
+        if rest:
+            more = self.tokenizer.encode(rest)
+            ids += more
+            lps += [0.0] * len(more)
+            mask += [0] * len(more)
+        return await self._send_json(ex, {
+            "tokens": ids, "response": text, "loss_mask": mask, "token_length": len(ids),
+            "loss_mask_length": len(mask), "rollout_logp": lps,
+        })
+
+    async def _worker_url_arg(self, ex: Exchange) -> str:
+        qs = ex.scope.get("query_string") or b""
+        if qs:
+            q = parse_qs(qs.decode("latin-1"))
+            for key in ("url", "worker_url"):
+                if q.get(key):
+                    return q[key][0]
+        body = await self._read_body(ex)
+        if body:
+            try:
+                obj = _loads(body)
+            except orjson.JSONDecodeError:
+                raise bad("invalid JSON body") from None
+            if isinstance(obj, dict):
+                for key in ("url", "worker_url"):
+                    if isinstance(obj.get(key), str):
+                        return obj[key]
+        raise bad("the worker URL is required (?url=... or a JSON body {\"url\": ...})", "url")
+
+    def _worker_counts(self) -> dict:
+        return {w.url: w.in_flight for w in self.pool.list()}
+
+    async def add_worker(self, ex: Exchange) -> int:
+        url = await self._worker_url_arg(ex)
+        try:
+            w = self.pool.add(url)
+        except WorkerError as e:
+            raise bad(str(e), "url") from None
+        if self.upstream is not None:
+            await self._probe(w)
+        return await self._send_json(ex, {"status": "success", "worker_urls": self._worker_counts()})
+
+    async def remove_worker(self, ex: Exchange) -> int:
+        url = await self._worker_url_arg(ex)
+        try:
+            w = self.pool.remove(url)
+        except WorkerError as e:
+            raise ApiError(404, str(e), param="url", code="worker_not_found") from None
+        if self.cache is not None:
+            self.cache.remove_worker(w.url)
+        self._sse_starts.pop(w.url, None)
+        self._json_starts.pop(w.url, None)
+        return await self._send_json(ex, {"status": "success", "worker_urls": self._worker_counts()})
+
+    async def list_workers(self, ex: Exchange) -> int:
+        return await self._send_json(ex, {
+            "urls": [w.url for w in self.pool.list()],
+            "workers": [{"url": w.url, "healthy": w.healthy, "in_flight": w.in_flight} for w in self.pool.list()],
+        })
+
+    async def models(self, ex: Exchange) -> int:
+        return await self._send_json(ex, {"object": "list", "data": [
+            {"id": self.model_name, "object": "model", "created": 0, "owned_by": "radixrouter"}]})
+
+    async def health(self, ex: Exchange) -> int:
+        return await self._send_json(ex, b'{"status":"ok"}')
+
+    async def readiness(self, ex: Exchange) -> int:
+        healthy = sum(1 for w in self.pool.list() if w.healthy)
+        if healthy:
+            return await self._send_json(ex, {"status": "ready", "healthy_workers": healthy})
+        return await self._send_json(ex, {"status": "not ready", "healthy_workers": 0}, status=503)
+
+    async def metrics_endpoint(self, ex: Exchange) -> int:
+        ex.started = True
+        await ex.send(_START_METRICS)
+        await ex.send(_body(self.metrics.render()))
+        return 200
+
+
+def load_tokenizer(config: Config):
+    """The chat tokenizer from --model-path, or from --tokenizer (+ --chat-template)."""
+    from radixrouter.tokenizer import ChatTokenizer
+
+    if config.model_path:
+        return ChatTokenizer.from_model_path(config.model_path)
+    return ChatTokenizer.from_files(config.tokenizer, config.chat_template)
+
+
+def create_app(config: Config | None = None) -> App:
+    """The router's ASGI application for `config`."""
+    return App(config or Config())

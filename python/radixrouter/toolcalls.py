@@ -1,0 +1,1072 @@
+"""Tool calls: request validation and incremental parsing of the model's tool-call markup.
+
+The router renders ``tools`` into the prompt with the chat template; the model then answers with tool calls
+written in its own markup.  :class:`ToolCallParser` is fed the generated text delta by delta and returns
+OpenAI delta pieces, so text outside the markup keeps streaming as ``content`` while calls come out as
+``tool_calls`` fragments exactly as OpenAI streams them::
+
+    {"content": "Let me check."}
+    {"tool_calls": [{"index": 0, "id": "call_...", "type": "function",
+                     "function": {"name": "get_weather", "arguments": ""}}]}
+    {"tool_calls": [{"index": 0, "function": {"arguments": "{\\"city\\": \\"Paris\\"}"}}]}
+
+Formats (``--tool-call-parser``; :func:`detect_tool_format` guesses one from a chat template):
+
+``hermes`` (aliases ``qwen``, ``qwen25``, ``qwen3``)
+    ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``, any number of them.
+``llama3`` (alias ``llama3_json``)
+    ``{"name": ..., "parameters": {...}}`` at the start of the output or after ``<|python_tag|>``; several
+    calls separated by ``;``.  A JSON object without ``name`` and ``parameters``/``arguments`` is content.
+``mistral``
+    ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`` and the newer
+    ``[TOOL_CALLS]name[ARGS]{...}`` (optionally ``name[CALL_ID]id[ARGS]{...}``), once per call.
+    ``[TOOL_CALLS]`` and ``<|python_tag|>`` are special tokens: ask the worker for
+    ``skip_special_tokens: false`` when tools are in play, or the markers never reach the parser.
+
+Output rules (identical in streaming and non-streaming use, whatever the chunking):
+- ``function.arguments`` is the model's own JSON text for the arguments object, verbatim (it is
+  valid JSON by construction; it re-renders byte-identically through templates that insert the string
+  as is, which keeps the prefix cache warm for the next turn).  A call with arguments given as a JSON
+  string gets that string; a call without arguments gets ``"{}"`` (not for ``llama3``).
+- Malformed markup or JSON (not an object, no ``name``, arguments not an object, invalid JSON, a call
+  cut off by the end of the output) is returned as content, raw, never raised.
+- Content is the text outside the markup; whitespace touching the markup is dropped (the content before a
+  call loses its trailing whitespace, whitespace between or after calls is dropped unless more text
+  follows).  Before any call, leading whitespace is kept.
+- Only what may still become markup is held back: a partial start marker at the end of a delta, trailing
+  whitespace, and the call itself until its JSON object is complete.
+
+``stream_arguments=True`` streams each call's arguments as they are generated instead of once the call's
+JSON is complete: the first fragment goes out as soon as the name is known and the arguments object has
+begun.  A call sent that way cannot be taken back: if its arguments then turn out malformed or cut off,
+the call keeps what was sent and ``broken_calls`` counts it (OpenAI's own non-strict calls behave the same
+way).  The default (``False``) never sends a call whose JSON is not valid; calls then arrive as two
+fragments (the head, then the whole arguments) when their JSON closes.
+
+Request side: :func:`validate_tools` and :func:`validate_tool_choice` check ``tools`` / ``tool_choice`` and
+raise :class:`ToolRequestError` (a ``ValueError`` carrying the OpenAI ``param``) for a 400.
+:class:`OutputParser` composes reasoning separation (:mod:`radixrouter.reasoning`) and tool-call parsing
+into one object the router feeds; see its docstring for the calling convention.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from radixrouter.reasoning import ReasoningParser
+
+__all__ = [
+    "TOOL_FORMATS",
+    "OutputParser",
+    "ToolCallParser",
+    "ToolChoice",
+    "ToolRequestError",
+    "detect_tool_format",
+    "merge_deltas",
+    "new_call_id",
+    "normalize_tool_format",
+    "parse_tool_calls",
+    "tool_choice_json_schema",
+    "validate_tool_choice",
+    "validate_tools",
+]
+
+#: The canonical ``--tool-call-parser`` names.
+TOOL_FORMATS: tuple[str, ...] = ("hermes", "llama3", "mistral")
+_ALIASES = {
+    "hermes": "hermes",
+    "qwen": "hermes",
+    "qwen25": "hermes",
+    "qwen2.5": "hermes",
+    "qwen2": "hermes",
+    "qwen3": "hermes",
+    "chatml": "hermes",
+    "llama3": "llama3",
+    "llama3-json": "llama3",
+    "llama": "llama3",
+    "llama31": "llama3",
+    "llama3.1": "llama3",
+    "llama32": "llama3",
+    "llama3.2": "llama3",
+    "llama4-json": "llama3",
+    "mistral": "mistral",
+}
+
+_HERMES_OPEN = "<tool_call>"
+_HERMES_CLOSE = "</tool_call>"
+_PYTHON_TAG = "<|python_tag|>"
+_MISTRAL_OPEN = "[TOOL_CALLS]"
+_MISTRAL_ARGS = "[ARGS]"
+_MISTRAL_CALL_ID = "[CALL_ID]"
+_ARG_KEYS = ("arguments", "parameters")
+
+
+def normalize_tool_format(name: str) -> str:
+    """Canonical format for a ``--tool-call-parser`` value (case, ``_``/``-`` ignored); ValueError if unknown."""
+    key = name.strip().lower().replace("_", "-")
+    try:
+        return _ALIASES[key]
+    except KeyError:
+        raise ValueError(
+            f"unknown tool-call parser {name!r}; expected one of: hermes (qwen), llama3, mistral"
+        ) from None
+
+
+def detect_tool_format(chat_template: str | None) -> str | None:
+    """Guess the tool-call format from a chat template's text; ``None`` if the template shows no tool calls."""
+    if not chat_template:
+        return None
+    if _MISTRAL_OPEN in chat_template:
+        return "mistral"
+    if _HERMES_OPEN in chat_template:
+        return "hermes"
+    if _PYTHON_TAG in chat_template or (
+        "<|start_header_id|>" in chat_template and '"parameters"' in chat_template
+    ):
+        return "llama3"
+    return None
+
+
+# -- call ids ----------------------------------------------------------------------------------------------
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _base62(nchars: int) -> str:
+    n = int.from_bytes(os.urandom(nchars), "little")  # 8 bits drawn per 5.95 used: plenty of entropy
+    out = []
+    for _ in range(nchars):
+        n, r = divmod(n, 62)
+        out.append(_B62[r])
+    return "".join(out)
+
+
+def new_call_id(fmt: str | None = None) -> str:
+    """A random tool call id: ``call_`` + 24 base62 characters (143 bits).
+
+    Mistral templates only accept 9 alphanumeric characters as an id (they check it when the id comes back in
+    the next turn), so ``fmt="mistral"`` gives exactly that.
+    """
+    if fmt == "mistral":
+        return _base62(9)
+    return "call_" + _base62(24)
+
+
+# -- incremental structural scan of one JSON object ----------------------------------------------------------
+_STR_STOP = re.compile(r'["\\]')
+_STRUCT_STOP = re.compile(r'[{}\[\]",:]')
+_NON_WS = re.compile(r"\S")
+
+
+def _decode_key(raw: str) -> str:
+    if "\\" not in raw:
+        return raw[1:-1]
+    try:
+        key = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw
+    return key if isinstance(key, str) else raw
+
+
+class _ObjectScanner:
+    """Follows one JSON object (``text[0] == "{"``) as it arrives, without validating it.
+
+    It knows where the object ends (``end``, exclusive) and where each top-level value lies (``spans``: key
+    -> (start, end) once the value is complete; ``key``/``val_start`` for the value being read).  Validation
+    is left to orjson once the object is complete.
+    """
+
+    __slots__ = ("after_colon", "depth", "end", "expect_key", "in_str", "key", "pos", "spans", "str_start",
+                 "text", "val_start")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.depth = 0
+        self.in_str = False
+        self.str_start = -1
+        self.expect_key = False
+        self.key: str | None = None
+        self.after_colon = False
+        self.val_start = -1
+        self.spans: dict[str, tuple[int, int]] = {}
+        self.end = -1
+
+    def _close_value(self, end: int) -> None:
+        if self.key is not None:
+            self.spans[self.key] = (self.val_start, end)
+        self.key = None
+        self.val_start = -1
+
+    def _close_scalar(self, j: int) -> None:
+        if self.val_start >= 0:
+            self._close_value(self.val_start + len(self.text[self.val_start:j].rstrip()))
+
+    def scan(self, limit: int) -> None:
+        """Advance up to ``limit`` (an escape pair may be completed past it); stops at the object's end."""
+        t = self.text
+        i = self.pos
+        while i < limit:
+            if self.in_str:
+                m = _STR_STOP.search(t, i, limit)
+                if m is None:
+                    i = limit
+                    break
+                j = m.start()
+                if t[j] == "\\":
+                    if j + 1 >= len(t):
+                        i = j  # wait for the escaped character
+                        break
+                    i = j + 2
+                    continue
+                i = j + 1
+                self.in_str = False
+                if self.depth == 1:
+                    if self.expect_key:
+                        self.key = _decode_key(t[self.str_start:i])
+                        self.expect_key = False
+                    elif self.val_start == self.str_start:
+                        self._close_value(i)
+                continue
+            if self.after_colon:
+                m = _NON_WS.search(t, i, limit)
+                if m is None:
+                    i = limit
+                    break
+                i = m.start()
+                self.val_start = i
+                self.after_colon = False
+            m = _STRUCT_STOP.search(t, i, limit)
+            if m is None:
+                i = limit
+                break
+            j = m.start()
+            c = t[j]
+            i = j + 1
+            if c == '"':
+                self.in_str = True
+                self.str_start = j
+            elif c == "{" or c == "[":
+                if self.depth == 0:
+                    self.expect_key = True
+                self.depth += 1
+            elif c == "}" or c == "]":
+                self.depth -= 1
+                if self.depth == 1:
+                    if self.val_start >= 0:
+                        self._close_value(i)
+                elif self.depth <= 0:
+                    self._close_scalar(j)
+                    self.end = i
+                    break
+            elif c == ",":
+                if self.depth == 1:
+                    self._close_scalar(j)
+                    self.expect_key = True
+            elif self.depth == 1 and self.key is not None:  # ':'
+                self.after_colon = True
+        self.pos = i
+
+
+def _partial_suffix(text: str, marker: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``marker``."""
+    first = marker[0]
+    start = max(0, len(text) - len(marker) + 1)
+    while True:
+        i = text.find(first, start)
+        if i < 0:
+            return 0
+        if marker.startswith(text[i:]):
+            return len(text) - i
+        start = i + 1
+
+
+_V11_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+_V11_HEAD = re.compile(r"([A-Za-z0-9_.:\-]{1,128})(?:\[CALL_ID\][A-Za-z0-9_\-]{0,64})?")
+_V11_WAIT = re.compile(r"[A-Za-z0-9_.:\-]{0,128}(?:\[[A-Z_]{0,7}\]?[A-Za-z0-9_\-]{0,64})?\[?[A-Z]{0,4}")
+
+# parser states
+_TEXT, _OPEN, _CALL, _AFTER, _ARRAY_ITEM, _ARRAY_NEXT, _LLAMA_NEXT, _V11_HEADER = range(8)
+# what the object scanned in _CALL is: a {"name", "arguments"} wrapper, or the arguments themselves
+_WRAPPER, _ARGS_ONLY = 0, 1
+
+
+class _Call:
+    __slots__ = ("id", "name", "parts")
+
+    def __init__(self, call_id: str, name: str) -> None:
+        self.id = call_id
+        self.name = name
+        self.parts: list[str] = []
+
+    def as_message(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": "".join(self.parts)}}
+
+
+class ToolCallParser:
+    """Incremental tool-call parser for one generated choice (see the module docstring for the formats).
+
+    ``feed(delta)`` and ``finish()`` return lists of OpenAI delta pieces, each ``{"content": str}`` or
+    ``{"tool_calls": [fragment]}`` (use :func:`merge_deltas` to fold them into one delta).  After
+    ``finish()``: ``has_tool_calls`` (set ``finish_reason`` to ``"tool_calls"``), ``tool_calls`` (message
+    shape), ``content`` (everything returned as content).  Never raises on model output.
+    """
+
+    def __init__(self, fmt: str, *, stream_arguments: bool = False, parallel_tool_calls: bool = True) -> None:
+        self.format = normalize_tool_format(fmt)
+        self._stream = stream_arguments
+        self._parallel = parallel_tool_calls
+        self._buf = ""
+        self._raw = ""  # markup consumed since the current call started (returned as content if malformed)
+        self._ws = ""  # trailing whitespace of the content, held back
+        self._calls: list[_Call] = []
+        self.broken_calls = 0
+        self.content = ""
+        self._scanner: _ObjectScanner | None = None
+        self._kind = _WRAPPER
+        self._pending_name = ""  # name of an _ARGS_ONLY call
+        self._streaming: _Call | None = None  # call whose head was already sent (stream_arguments)
+        self._sent = 0  # scanner offset up to which its arguments were sent
+        self._args_start = 0
+        self._args_key: str | None = None
+        self._at_start = True  # llama3: a bare "{" here opens a call
+        self._final_text = False  # after a constrained call: the rest is content, no markup
+        self._open_kind = self.format
+        self._after_kind = self.format
+        self._marker = {"hermes": _HERMES_OPEN, "llama3": _PYTHON_TAG, "mistral": _MISTRAL_OPEN}[self.format]
+        self._state = _TEXT
+
+    @classmethod
+    def for_tool_choice(cls, choice: ToolChoice, *, fmt: str = "hermes", stream_arguments: bool = True,
+                        parallel_tool_calls: bool = True) -> ToolCallParser:
+        """Parser for output generated under :func:`tool_choice_json_schema` (``required`` / a named function).
+
+        A named function's output is its arguments object alone; ``required`` output is a JSON array of
+        ``{"name", "parameters"}`` objects.  ``fmt`` only picks the call-id style.  Arguments stream by
+        default here, since the constrained JSON is valid as it is generated.
+        """
+        if choice.mode not in ("required", "function"):
+            raise ValueError("for_tool_choice() needs tool_choice 'required' or a named function")
+        self = cls(fmt, stream_arguments=stream_arguments, parallel_tool_calls=parallel_tool_calls)
+        self._marker = ""
+        self._at_start = False
+        self._state = _OPEN
+        if choice.mode == "function":
+            self._open_kind = self._after_kind = "args"
+            self._pending_name = choice.name or ""
+        else:
+            self._open_kind = self._after_kind = "array"
+        return self
+
+    # -- public --------------------------------------------------------------------------------------------
+    @property
+    def has_tool_calls(self) -> bool:
+        return bool(self._calls)
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The calls so far in the OpenAI message shape (``id``, ``type``, ``function.name/arguments``)."""
+        return [c.as_message() for c in self._calls]
+
+    def feed(self, delta: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if delta:
+            self._buf += delta
+            self._run(out)
+        return out
+
+    def finish(self) -> list[dict[str, Any]]:
+        """End of output: flush held text; a call left incomplete is returned as content (or counted broken)."""
+        out: list[dict[str, Any]] = []
+        self._run(out)
+        st = self._state
+        if st == _CALL:
+            sc = self._scanner
+            assert sc is not None
+            if self._streaming is not None:
+                self._end_streamed_call()
+            else:
+                self._text(out, self._raw + sc.text)
+        elif st in (_OPEN, _ARRAY_ITEM, _ARRAY_NEXT, _V11_HEADER, _LLAMA_NEXT, _AFTER):
+            if st in (_AFTER, _LLAMA_NEXT, _ARRAY_NEXT) and not self._buf.strip():
+                pass  # only whitespace after a complete call, or an unclosed array after its calls
+            else:
+                self._text(out, self._raw + self._buf)
+        else:
+            self._text(out, self._buf)
+        self._buf = self._raw = ""
+        self._scanner = None
+        self._state = _TEXT
+        self._final_text = True
+        if self._ws and not self._calls:
+            self._emit(out, self._ws)
+        self._ws = ""
+        return out
+
+    # -- output helpers ------------------------------------------------------------------------------------
+    def _emit(self, out: list[dict[str, Any]], text: str) -> None:
+        self.content += text
+        if out and "content" in out[-1]:
+            out[-1]["content"] += text
+        else:
+            out.append({"content": text})
+
+    def _text(self, out: list[dict[str, Any]], s: str) -> None:
+        """Content, with whitespace touching the markup held back (see the module docstring)."""
+        if not s:
+            return
+        core = s.rstrip()
+        if not core:
+            self._ws += s
+            return
+        tail = s[len(core):]
+        body = core.lstrip()
+        ws = self._ws + core[: len(core) - len(body)]
+        if ws and (self.content or not self._calls):
+            body = ws + body
+        self._ws = tail
+        self._at_start = False
+        self._emit(out, body)
+
+    def _new_call(self, out: list[dict[str, Any]], name: str) -> _Call | None:
+        if self._calls and not self._parallel:
+            return None
+        ids = {c.id for c in self._calls}
+        call_id = new_call_id(self.format)
+        while call_id in ids:
+            call_id = new_call_id(self.format)
+        call = _Call(call_id, name)
+        out.append({"tool_calls": [{"index": len(self._calls), "id": call_id, "type": "function",
+                                    "function": {"name": name, "arguments": ""}}]})
+        self._calls.append(call)
+        self._at_start = False
+        return call
+
+    def _args(self, out: list[dict[str, Any]], call: _Call, piece: str) -> None:
+        if not piece:
+            return
+        call.parts.append(piece)
+        out.append({"tool_calls": [{"index": len(self._calls) - 1, "function": {"arguments": piece}}]})
+
+    # -- state machine -------------------------------------------------------------------------------------
+    def _run(self, out: list[dict[str, Any]]) -> None:
+        step = self._step
+        while step(out):
+            pass
+
+    def _step(self, out: list[dict[str, Any]]) -> bool:
+        """Consume what can be decided from the buffer; True if the state changed and the loop should go on."""
+        st = self._state
+        if st == _TEXT:
+            return self._step_text(out)
+        if st == _CALL:
+            return self._step_call(out)
+        if st == _V11_HEADER:
+            return self._step_v11(out)
+        buf = self._buf
+        stripped = buf.lstrip()
+        if not stripped:
+            if st != _AFTER:
+                self._raw += buf
+            self._buf = ""
+            return False
+        ws = buf[: len(buf) - len(stripped)]
+        c = stripped[0]
+        if st == _OPEN:
+            kind = self._open_kind
+            if kind == "mistral":
+                if c == "[":
+                    self._raw += ws + "["
+                    self._buf = stripped[1:]
+                    self._after_kind = "array"
+                    self._state = _ARRAY_ITEM
+                    return True
+                if _V11_NAME.match(c):
+                    self._raw += ws
+                    self._buf = stripped
+                    self._state = _V11_HEADER
+                    return True
+                return self._malformed(out, ws, stripped)
+            if kind == "array":
+                if c == "[":
+                    self._raw += ws + "["
+                    self._buf = stripped[1:]
+                    self._state = _ARRAY_ITEM
+                    return True
+                return self._malformed(out, ws, stripped)
+            if c == "{":
+                self._raw += ws
+                self._start_call(_ARGS_ONLY if kind == "args" else _WRAPPER, stripped)
+                return True
+            return self._malformed(out, ws, stripped)
+        if st == _ARRAY_ITEM:
+            if c == "{":
+                self._raw += ws
+                self._start_call(_WRAPPER, stripped)
+                return True
+            if c == "]" and self._raw.rstrip().endswith("["):
+                self._raw = ""
+                self._buf = stripped[1:]
+                self._to_text()
+                return True
+            return self._malformed(out, ws, stripped)
+        if st == _ARRAY_NEXT:
+            if c == ",":
+                self._raw += ws + ","
+                self._buf = stripped[1:]
+                self._state = _ARRAY_ITEM
+                return True
+            if c == "]":
+                self._raw = ""
+                self._buf = stripped[1:]
+                self._to_text()
+                return True
+            return self._malformed(out, ws, stripped)
+        # _AFTER / _LLAMA_NEXT: what follows a complete call
+        kind = self._after_kind
+        if kind == "hermes":
+            if stripped.startswith(_HERMES_CLOSE):
+                self._buf = stripped[len(_HERMES_CLOSE):]
+            elif _HERMES_CLOSE.startswith(stripped):
+                return False  # a partial closing tag
+            else:
+                self._buf = stripped  # closing tag missing: tolerated, the rest is text
+            self._to_text()
+            return True
+        if kind == "llama3":
+            if st == _AFTER and c == ";":
+                self._buf = stripped[1:]
+                self._state = _LLAMA_NEXT
+                return True
+            if c == "{":
+                self._raw = ""
+                self._start_call(_WRAPPER, stripped)
+                return True
+            if stripped.startswith(_PYTHON_TAG):
+                self._raw = _PYTHON_TAG
+                self._buf = stripped[len(_PYTHON_TAG):]
+                self._open_kind = "llama3"
+                self._state = _OPEN
+                return True
+            if _PYTHON_TAG.startswith(stripped):
+                return False
+            self._buf = stripped
+            self._to_text()
+            return True
+        if kind == "array":
+            self._state = _ARRAY_NEXT
+            return True
+        # mistral [ARGS] form, constrained named call: back to text
+        self._to_text()
+        return True
+
+    def _to_text(self) -> None:
+        self._state = _TEXT
+        self._raw = ""
+        self._open_kind = self.format
+        self._after_kind = self.format
+
+    def _malformed(self, out: list[dict[str, Any]], ws: str, rest: str) -> bool:
+        """The markup since the last call is not a valid call: it becomes content; go on with ``rest``."""
+        self._text(out, self._raw + ws)
+        self._raw = ""
+        self._buf = rest
+        self._state = _TEXT
+        self._open_kind = self.format
+        self._after_kind = self.format
+        if not self._marker:
+            self._final_text = True
+        return True
+
+    def _step_text(self, out: list[dict[str, Any]]) -> bool:
+        buf = self._buf
+        if not buf:
+            return False
+        if self._final_text or not self._marker:
+            self._buf = ""
+            self._text(out, buf)
+            return False
+        if self.format == "llama3" and self._at_start:
+            stripped = buf.lstrip()
+            if not stripped:
+                self._ws += buf
+                self._buf = ""
+                return False
+            if stripped[0] == "{":
+                self._ws += buf[: len(buf) - len(stripped)]
+                self._raw = ""
+                self._after_kind = "llama3"
+                self._start_call(_WRAPPER, stripped)
+                return True
+            self._at_start = False
+        marker = self._marker
+        i = buf.find(marker)
+        if i >= 0:
+            self._text(out, buf[:i])
+            self._raw = marker
+            self._buf = buf[i + len(marker):]
+            self._state = _OPEN
+            return True
+        hold = _partial_suffix(buf, marker)
+        cut = len(buf) - hold
+        self._text(out, buf[:cut])
+        self._buf = buf[cut:]
+        return False
+
+    def _step_v11(self, out: list[dict[str, Any]]) -> bool:
+        buf = self._buf
+        i = buf.find(_MISTRAL_ARGS)
+        if i < 0:
+            if _V11_WAIT.fullmatch(buf):
+                return False
+            return self._malformed(out, "", buf)
+        m = _V11_HEAD.fullmatch(buf, 0, i)
+        if m is None:
+            return self._malformed(out, "", buf)
+        self._pending_name = m.group(1)
+        self._raw += buf[: i + len(_MISTRAL_ARGS)]
+        self._buf = buf[i + len(_MISTRAL_ARGS):]
+        self._open_kind = "args"
+        self._after_kind = "mistral"
+        self._state = _OPEN
+        return True
+
+    # -- one JSON object -----------------------------------------------------------------------------------
+    def _start_call(self, kind: int, text: str) -> None:
+        self._kind = kind
+        self._scanner = _ObjectScanner(text)
+        self._buf = ""
+        self._streaming = None
+        self._sent = 0
+        self._args_key = None
+        self._state = _CALL
+
+    def _step_call(self, out: list[dict[str, Any]]) -> bool:
+        sc = self._scanner
+        assert sc is not None
+        if self._buf:
+            sc.text += self._buf
+            self._buf = ""
+        text = sc.text
+        close = self._after_kind == "hermes"
+        while True:
+            tag = -1
+            if close:
+                tag = text.find(_HERMES_CLOSE, sc.pos)
+                limit = tag if tag >= 0 else len(text) - _partial_suffix(text, _HERMES_CLOSE)
+            else:
+                limit = len(text)
+            sc.scan(limit)
+            if self._stream:
+                self._stream_progress(out, sc)
+            if sc.end >= 0:
+                self._end_call(out, sc)
+                return True
+            if tag >= 0 and sc.pos == tag:
+                if sc.in_str:  # the closing tag is inside a JSON string: part of the value
+                    sc.scan(tag + len(_HERMES_CLOSE))
+                    continue
+                # the closing tag came before the object was complete
+                if self._streaming is not None:
+                    self._end_streamed_call()
+                    self._buf = text[tag:]
+                    self._scanner = None
+                    self._state = _AFTER
+                else:
+                    self._scanner = None
+                    self._text(out, self._raw + text[:tag])
+                    self._raw = ""
+                    self._buf = text[tag:]
+                    self._state = _TEXT
+                    self._open_kind = self._after_kind = self.format
+                return True
+            if tag >= 0 and sc.pos > tag:
+                continue  # an escape pair swallowed the tag's first character: look for the next one
+            return False
+
+    def _stream_progress(self, out: list[dict[str, Any]], sc: _ObjectScanner) -> None:
+        """stream_arguments: send the head once the name and the start of the arguments object are known,
+        then the arguments text scanned so far.  Decisions depend on positions only, not on chunking."""
+        call = self._streaming
+        if call is None:
+            if self._kind == _ARGS_ONLY:
+                start = 0
+            else:
+                if sc.key in _ARG_KEYS and sc.val_start >= 0:
+                    key, start = sc.key, sc.val_start
+                else:
+                    key = next((k for k in _ARG_KEYS if k in sc.spans), None)
+                    if key is None:
+                        return
+                    start = sc.spans[key][0]
+                span = sc.spans.get("name")
+                if span is None or span[1] > start or sc.text[start] != "{":
+                    return
+                try:
+                    name = orjson.loads(sc.text[span[0]:span[1]])
+                except orjson.JSONDecodeError:
+                    return
+                if not isinstance(name, str) or not name:
+                    return
+                self._pending_name = name
+                self._args_key = key
+            call = self._new_call(out, self._pending_name)
+            if call is None:
+                return
+            self._streaming = call
+            self._sent = self._args_start = start
+        if self._kind == _ARGS_ONLY:
+            end = sc.end if sc.end >= 0 else sc.pos
+        else:
+            span = sc.spans.get(self._args_key or "")
+            end = span[1] if span is not None and span[0] == self._args_start else sc.pos
+        if end > self._sent:
+            self._args(out, call, sc.text[self._sent:end])
+            self._sent = end
+
+    def _end_streamed_call(self) -> None:
+        """A call whose head was sent is over: count it broken unless what was sent is a JSON object."""
+        call = self._streaming
+        assert call is not None
+        sent = "".join(call.parts)
+        ok = False
+        if sent:
+            try:
+                ok = isinstance(orjson.loads(sent), dict)
+            except orjson.JSONDecodeError:
+                ok = False
+        if not ok:
+            self.broken_calls += 1
+        self._streaming = None
+
+    def _end_call(self, out: list[dict[str, Any]], sc: _ObjectScanner) -> None:
+        end = sc.end
+        text = sc.text
+        self._buf = text[end:] + self._buf
+        obj_text = text[:end]
+        self._scanner = None
+        if self._streaming is not None:
+            self._end_streamed_call()
+            self._raw = ""
+            self._state = _AFTER
+            return
+        decoded = self._decode(sc, obj_text)
+        if decoded is None:
+            # malformed: the markup so far is content; what follows is text again
+            self._text(out, self._raw + obj_text)
+            self._raw = ""
+            self._state = _TEXT
+            self._open_kind = self._after_kind = self.format
+            if not self._marker:
+                self._final_text = True
+            return
+        name, arguments = decoded
+        call = self._new_call(out, name)
+        if call is not None:
+            self._args(out, call, arguments)
+        self._raw = ""
+        self._state = _AFTER
+
+    def _decode(self, sc: _ObjectScanner, text: str) -> tuple[str, str] | None:
+        try:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(obj, dict):
+            return None
+        if self._kind == _ARGS_ONLY:
+            return (self._pending_name, text) if self._pending_name else None
+        name = obj.get("name")
+        if not isinstance(name, str) or not name:
+            return None
+        key = next((k for k in _ARG_KEYS if k in obj), None)
+        if key is None:
+            if self.format == "llama3":
+                return None  # a bare JSON object there is only a call if it says so
+            return name, "{}"
+        value = obj[key]
+        if isinstance(value, dict):
+            span = sc.spans.get(key)
+            if span is None:
+                return None
+            return name, text[span[0]:span[1]]
+        if isinstance(value, str):
+            try:
+                inner = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                return None
+            return (name, value) if isinstance(inner, dict) else None
+        return None
+
+
+def parse_tool_calls(text: str, fmt: str, **options: Any) -> tuple[str | None, list[dict[str, Any]]]:
+    """Non-streaming form: ``(content or None, tool_calls)`` for a whole output (same rules as streaming)."""
+    parser = ToolCallParser(fmt, **options)
+    parser.feed(text)
+    parser.finish()
+    return (parser.content or None), parser.tool_calls
+
+
+def merge_deltas(pieces: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Fold delta pieces into one OpenAI delta: texts concatenated, fragments of one call index merged.
+
+    Returns ``{}`` when there is nothing to send.
+    """
+    delta: dict[str, Any] = {}
+    calls: list[dict[str, Any]] = []
+    for piece in pieces:
+        for key, value in piece.items():
+            if key == "tool_calls":
+                for frag in value:
+                    if calls and calls[-1]["index"] == frag["index"]:
+                        last = calls[-1]
+                        last["function"] = {**last["function"],
+                                            "arguments": last["function"].get("arguments", "")
+                                            + frag["function"].get("arguments", "")}
+                    else:
+                        calls.append({**frag, "function": dict(frag["function"])})
+            elif value:
+                delta[key] = delta.get(key, "") + value
+    if calls:
+        delta["tool_calls"] = calls
+    return delta
+
+
+# -- request side: tools and tool_choice ---------------------------------------------------------------------
+class ToolRequestError(ValueError):
+    """Invalid ``tools`` / ``tool_choice``; ``param`` names the offending field as OpenAI does."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+_FUNCTION_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+
+
+def validate_tools(tools: Any) -> list[dict[str, Any]]:
+    """Check a request's ``tools`` (OpenAI function tools); returns them, or raises :class:`ToolRequestError`."""
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise ToolRequestError("Invalid type for 'tools': expected an array of tool objects.", "tools")
+    seen: set[str] = set()
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise ToolRequestError(f"Invalid type for '{where}': expected an object.", where)
+        kind = tool.get("type", "function")
+        if kind != "function":
+            raise ToolRequestError(
+                f"Invalid value for '{where}.type': {kind!r}; only 'function' tools are supported.", f"{where}.type"
+            )
+        fn = tool.get("function")
+        if not isinstance(fn, dict):
+            raise ToolRequestError(f"Missing required parameter: '{where}.function'.", f"{where}.function")
+        name = fn.get("name")
+        if not isinstance(name, str) or not _FUNCTION_NAME.fullmatch(name):
+            raise ToolRequestError(
+                f"Invalid '{where}.function.name': expected 1-64 characters of letters, digits, '_', '-', '.' "
+                f"or ':'; got {name!r}.",
+                f"{where}.function.name",
+            )
+        if name in seen:
+            raise ToolRequestError(f"Duplicate function name in 'tools': {name!r}.", f"{where}.function.name")
+        seen.add(name)
+        desc = fn.get("description")
+        if desc is not None and not isinstance(desc, str):
+            raise ToolRequestError(
+                f"Invalid type for '{where}.function.description': expected a string.", f"{where}.function.description"
+            )
+        params = fn.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise ToolRequestError(
+                f"Invalid type for '{where}.function.parameters': expected a JSON Schema object.",
+                f"{where}.function.parameters",
+            )
+        strict = fn.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise ToolRequestError(
+                f"Invalid type for '{where}.function.strict': expected a boolean.", f"{where}.function.strict"
+            )
+    return tools
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """A validated ``tool_choice``: ``mode`` is ``none``, ``auto``, ``required`` or ``function`` (then ``name``)."""
+
+    mode: str
+    name: str | None = None
+
+    @property
+    def parse_output(self) -> bool:
+        """Whether the output should go through a tool-call parser (everything but ``none``)."""
+        return self.mode != "none"
+
+
+def validate_tool_choice(tool_choice: Any, tools: Sequence[Mapping[str, Any]] | None) -> ToolChoice:
+    """Check ``tool_choice`` against the (validated) ``tools``; raises :class:`ToolRequestError`.
+
+    Default as OpenAI: ``auto`` when tools are given, ``none`` otherwise.
+    """
+    names = [t["function"]["name"] for t in tools or ()]
+    if tool_choice is None:
+        return ToolChoice("auto" if names else "none")
+    if isinstance(tool_choice, str):
+        if tool_choice not in ("none", "auto", "required"):
+            raise ToolRequestError(
+                f"Invalid value for 'tool_choice': {tool_choice!r}; expected 'none', 'auto', 'required' or "
+                "an object naming a function.",
+                "tool_choice",
+            )
+        if tool_choice != "none" and not names:
+            raise ToolRequestError(
+                f"Invalid value for 'tool_choice': {tool_choice!r} is only allowed when 'tools' are specified.",
+                "tool_choice",
+            )
+        return ToolChoice(tool_choice)
+    if isinstance(tool_choice, dict):
+        kind = tool_choice.get("type")
+        fn = tool_choice.get("function")
+        if kind != "function" or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise ToolRequestError(
+                "Invalid value for 'tool_choice': expected {\"type\": \"function\", \"function\": {\"name\": ...}}.",
+                "tool_choice",
+            )
+        name = fn["name"]
+        if name not in names:
+            raise ToolRequestError(
+                f"Invalid value for 'tool_choice': function {name!r} is not among the 'tools'.",
+                "tool_choice.function.name",
+            )
+        return ToolChoice("function", name)
+    raise ToolRequestError("Invalid type for 'tool_choice': expected a string or an object.", "tool_choice")
+
+
+def tool_choice_json_schema(tools: Sequence[Mapping[str, Any]], choice: ToolChoice) -> dict[str, Any] | None:
+    """JSON schema that forces the output for ``required`` / a named function (``None`` otherwise).
+
+    Send it to the SGLang worker as ``sampling_params["json_schema"]`` (a JSON string) and parse the output
+    with :meth:`ToolCallParser.for_tool_choice`: for a named function the output is its arguments object;
+    for ``required`` it is an array of ``{"name", "parameters"}`` objects (at least one).
+    """
+    if choice.mode == "function":
+        for tool in tools:
+            fn = tool["function"]
+            if fn["name"] == choice.name:
+                return dict(fn.get("parameters") or {"type": "object"})
+        raise ValueError(f"function {choice.name!r} is not among the tools")
+    if choice.mode != "required":
+        return None
+    items = []
+    for tool in tools:
+        fn = tool["function"]
+        items.append({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "enum": [fn["name"]]},
+                "parameters": fn.get("parameters") or {"type": "object"},
+            },
+            "required": ["name", "parameters"],
+        })
+    return {"type": "array", "minItems": 1, "items": {"anyOf": items}}
+
+
+# -- composition: reasoning, then tool calls -----------------------------------------------------------------
+class OutputParser:
+    """Everything the router does to one choice's generated text: reasoning separation, then tool calls.
+
+    Streaming (one instance per choice)::
+
+        parser = OutputParser(tool_format="hermes", reasoning_format="qwen3",
+                              in_reasoning=prompt_in_reasoning(prompt_text, "qwen3"))
+        for text_delta in worker_deltas:
+            delta = parser.feed(text_delta)      # {} or a dict with "reasoning_content", "content", "tool_calls"
+            if delta: send_chunk(delta)
+        delta = parser.finish()
+        if delta: send_chunk(delta)
+        finish_reason = "tool_calls" if parser.has_tool_calls and finish_reason == "stop" else finish_reason
+
+    Non-streaming: ``OutputParser(...).parse(text)`` -> ``{"content", "reasoning_content"?, "tool_calls"?}``.
+    ``tool_format=None`` (or tool_choice ``none``) disables tool parsing; ``reasoning_format=None`` disables
+    reasoning separation; with both off, text passes through untouched.
+    """
+
+    def __init__(
+        self,
+        *,
+        tool_format: str | None = None,
+        reasoning_format: str | None = None,
+        in_reasoning: bool | None = None,
+        tool_choice: ToolChoice | None = None,
+        stream_arguments: bool = False,
+        parallel_tool_calls: bool = True,
+        constrained: bool = False,
+    ) -> None:
+        self.reasoning = ReasoningParser(reasoning_format, in_reasoning=in_reasoning) if reasoning_format else None
+        self.tools: ToolCallParser | None = None
+        if constrained and tool_choice is not None and tool_choice.mode in ("required", "function"):
+            self.tools = ToolCallParser.for_tool_choice(tool_choice, fmt=tool_format or "hermes",
+                                                        parallel_tool_calls=parallel_tool_calls)
+        elif tool_format and (tool_choice is None or tool_choice.parse_output):
+            self.tools = ToolCallParser(tool_format, stream_arguments=stream_arguments,
+                                        parallel_tool_calls=parallel_tool_calls)
+
+    @property
+    def has_tool_calls(self) -> bool:
+        return self.tools is not None and self.tools.has_tool_calls
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        return self.tools.tool_calls if self.tools is not None else []
+
+    def _route(self, pieces: list[dict[str, str]], final: bool) -> dict[str, Any]:
+        tools = self.tools
+        if tools is None:
+            out: list[Mapping[str, Any]] = pieces
+        else:
+            out = []
+            for piece in pieces:
+                text = piece.get("content")
+                if text is None:
+                    out.append(piece)
+                else:
+                    out.extend(tools.feed(text))
+            if final:
+                out.extend(tools.finish())
+        return merge_deltas(out)
+
+    def feed(self, delta: str) -> dict[str, Any]:
+        if not delta:
+            return {}
+        if self.reasoning is not None:
+            return self._route(self.reasoning.feed(delta), False)
+        return self._route([{"content": delta}], False)
+
+    def finish(self) -> dict[str, Any]:
+        pieces = self.reasoning.finish() if self.reasoning is not None else []
+        return self._route(pieces, True)
+
+    def parse(self, text: str) -> dict[str, Any]:
+        """Non-streaming: the message fields for a whole output.
+
+        ``content`` is ``None`` when empty and tool calls were made (as OpenAI does), ``""`` when empty
+        otherwise; ``reasoning_content`` and ``tool_calls`` are present only when non-empty.
+        """
+        merged = merge_deltas([self.feed(text), self.finish()])
+        message: dict[str, Any] = {}
+        content = merged.get("content", "")
+        calls = self.tool_calls
+        message["content"] = content if (content or not calls) else None
+        if merged.get("reasoning_content"):
+            message["reasoning_content"] = merged["reasoning_content"]
+        if calls:
+            message["tool_calls"] = calls
+        return message
