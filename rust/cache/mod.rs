@@ -44,27 +44,49 @@ pub struct Tokens<'a> {
 /// Invalid insert arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Error {
-    LengthMismatch { field: &'static str, len: usize, expected: usize },
-    EndsDecrease { index: usize },
-    EndOutOfRange { index: usize, end: u32, len: usize },
-    BadMask { index: usize },
+    LengthMismatch {
+        field: &'static str,
+        len: usize,
+        expected: usize,
+    },
+    EndsDecrease {
+        index: usize,
+    },
+    EndOutOfRange {
+        index: usize,
+        end: u32,
+        len: usize,
+    },
+    BadMask {
+        index: usize,
+    },
     TextTooLong,
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::LengthMismatch { field, len, expected } => {
+            Error::LengthMismatch {
+                field,
+                len,
+                expected,
+            } => {
                 write!(f, "{field} has {len} items but token_ids has {expected}")
             }
             Error::EndsDecrease { index } => {
                 write!(f, "token_ends must be non-decreasing (index {index} is smaller than the one before)")
             }
             Error::EndOutOfRange { index, end, len } => {
-                write!(f, "token_ends[{index}] = {end} is past the end of the text (length {len})")
+                write!(
+                    f,
+                    "token_ends[{index}] = {end} is past the end of the text (length {len})"
+                )
             }
             Error::BadMask { index } => write!(f, "loss_mask[{index}] must be 0 or 1"),
-            Error::TextTooLong => write!(f, "text is too long for the prefix cache (2**32 - 1 characters at most)"),
+            Error::TextTooLong => write!(
+                f,
+                "text is too long for the prefix cache (2**32 - 1 characters at most)"
+            ),
         }
     }
 }
@@ -132,16 +154,28 @@ pub fn validate(nchars: usize, t: &Tokens<'_>) -> Result<(), Error> {
     }
     let n = t.ids.len();
     if t.ends.len() != n {
-        return Err(Error::LengthMismatch { field: "token_ends", len: t.ends.len(), expected: n });
+        return Err(Error::LengthMismatch {
+            field: "token_ends",
+            len: t.ends.len(),
+            expected: n,
+        });
     }
     if let Some(lp) = t.logprobs {
         if lp.len() != n {
-            return Err(Error::LengthMismatch { field: "logprobs", len: lp.len(), expected: n });
+            return Err(Error::LengthMismatch {
+                field: "logprobs",
+                len: lp.len(),
+                expected: n,
+            });
         }
     }
     if let Some(m) = t.loss_mask {
         if m.len() != n {
-            return Err(Error::LengthMismatch { field: "loss_mask", len: m.len(), expected: n });
+            return Err(Error::LengthMismatch {
+                field: "loss_mask",
+                len: m.len(),
+                expected: n,
+            });
         }
         if let Some(index) = m.iter().position(|&b| b > 1) {
             return Err(Error::BadMask { index });
@@ -152,8 +186,16 @@ pub fn validate(nchars: usize, t: &Tokens<'_>) -> Result<(), Error> {
     }
     if let Some(&last) = t.ends.last() {
         if last as usize > nchars {
-            let index = t.ends.iter().position(|&e| e as usize > nchars).unwrap_or(n - 1);
-            return Err(Error::EndOutOfRange { index, end: t.ends[index], len: nchars });
+            let index = t
+                .ends
+                .iter()
+                .position(|&e| e as usize > nchars)
+                .unwrap_or(n - 1);
+            return Err(Error::EndOutOfRange {
+                index,
+                end: t.ends[index],
+                len: nchars,
+            });
         }
     }
     Ok(())
@@ -202,7 +244,12 @@ impl PrefixCache {
     }
 
     /// Insert `text` with its tokens (may be empty: affinity only) and evict to the budget.
-    pub fn insert(&self, text: &str, tokens: Tokens<'_>, worker: Option<&str>) -> Result<(), Error> {
+    pub fn insert(
+        &self,
+        text: &str,
+        tokens: Tokens<'_>,
+        worker: Option<&str>,
+    ) -> Result<(), Error> {
         let nchars = count_chars(text.as_bytes());
         validate(nchars, &tokens)?;
         let mut tree = self.write();
@@ -233,7 +280,8 @@ impl PrefixCache {
         self.matched_tokens.fetch_add(matched, Relaxed);
         self.looked_up_tokens.fetch_add(matched + est, Relaxed);
         self.matched_chars.fetch_add(m.length as u64, Relaxed);
-        self.looked_up_chars.fetch_add(m.length as u64 + unmatched, Relaxed);
+        self.looked_up_chars
+            .fetch_add(m.length as u64 + unmatched, Relaxed);
         m
     }
 

@@ -31,7 +31,11 @@ impl Vocab {
         self.cut(text, |prev, _| prev.is_some())
     }
 
-    fn cut(&mut self, text: &str, boundary: impl Fn(Option<char>, char) -> bool) -> (Vec<u32>, Vec<u32>) {
+    fn cut(
+        &mut self,
+        text: &str,
+        boundary: impl Fn(Option<char>, char) -> bool,
+    ) -> (Vec<u32>, Vec<u32>) {
         let chars: Vec<char> = text.chars().collect();
         let mut ids = Vec::new();
         let mut ends = Vec::new();
@@ -52,7 +56,9 @@ impl Vocab {
     }
 
     fn decode(&self, ids: &[u32]) -> String {
-        ids.iter().map(|&i| self.texts[i as usize].as_str()).collect()
+        ids.iter()
+            .map(|&i| self.texts[i as usize].as_str())
+            .collect()
     }
 }
 
@@ -61,7 +67,12 @@ fn prefix(s: &str, chars: usize) -> String {
 }
 
 fn toks<'a>(ids: &'a [u32], ends: &'a [u32]) -> Tokens<'a> {
-    Tokens { ids, ends, logprobs: None, loss_mask: None }
+    Tokens {
+        ids,
+        ends,
+        logprobs: None,
+        loss_mask: None,
+    }
 }
 
 fn insert_words(c: &PrefixCache, v: &mut Vocab, text: &str, worker: Option<&str>) {
@@ -98,13 +109,23 @@ fn split_keeps_tokens_whole() {
     insert_words(&c, &mut v, "the cat sang", None);
     insert_words(&c, &mut v, "the dog", None);
     assert_eq!(c.stats().nodes, 5);
-    for q in ["the cat sat on the mat", "the cat sang", "the dog", "the cat", "the cats", "the cat s"] {
+    for q in [
+        "the cat sat on the mat",
+        "the cat sang",
+        "the dog",
+        "the cat",
+        "the cats",
+        "the cat s",
+    ] {
         let m = c.lookup(q);
         let got = v.decode(&m.ids);
         assert_eq!(got, prefix(q, m.length), "{q}");
         assert!(m.length <= m.matched_chars);
     }
-    assert_eq!(v.decode(&c.lookup("the cat sang a song").ids), "the cat sang");
+    assert_eq!(
+        v.decode(&c.lookup("the cat sang a song").ids),
+        "the cat sang"
+    );
     assert_eq!(v.decode(&c.lookup("the cat sa").ids), "the cat");
     assert_eq!(c.lookup("the cat sa").matched_chars, 10);
 }
@@ -143,7 +164,8 @@ fn tokens_shared_by_one_end_and_empty_tokens() {
     // Byte-level BPE: several tokens can end at the same character (one emoji = 2 tokens).
     let c = PrefixCache::new(1_000);
     let text = "a😀b";
-    c.insert(text, toks(&[1, 2, 3, 4, 5], &[0, 1, 2, 2, 3]), None).unwrap();
+    c.insert(text, toks(&[1, 2, 3, 4, 5], &[0, 1, 2, 2, 3]), None)
+        .unwrap();
     c.check();
     assert_eq!(c.lookup(text).ids, vec![1, 2, 3, 4, 5]);
     assert_eq!(c.lookup("a😀c").ids, vec![1, 2, 3, 4]);
@@ -154,22 +176,38 @@ fn tokens_shared_by_one_end_and_empty_tokens() {
 #[test]
 fn existing_tokenization_wins() {
     let c = PrefixCache::new(1_000);
-    c.insert("hello world", toks(&[1, 2], &[5, 11]), None).unwrap();
+    c.insert("hello world", toks(&[1, 2], &[5, 11]), None)
+        .unwrap();
     // Same text, different ids: kept as is.
-    c.insert("hello world", toks(&[7, 8, 9], &[3, 5, 11]), None).unwrap();
+    c.insert("hello world", toks(&[7, 8, 9], &[3, 5, 11]), None)
+        .unwrap();
     c.check();
     assert_eq!(c.lookup("hello world").ids, vec![1, 2]);
     // Extension that agrees on the shared part: its new tokens are added.
-    c.insert("hello world again", toks(&[1, 2, 3], &[5, 11, 17]), None).unwrap();
+    c.insert("hello world again", toks(&[1, 2, 3], &[5, 11, 17]), None)
+        .unwrap();
     assert_eq!(c.lookup("hello world again").ids, vec![1, 2, 3]);
     // Extension that disagrees: the text is stored, its tokens are not.
-    c.insert("hello world peace", toks(&[7, 8, 9, 4], &[3, 5, 11, 17]), Some("w")).unwrap();
+    c.insert(
+        "hello world peace",
+        toks(&[7, 8, 9, 4], &[3, 5, 11, 17]),
+        Some("w"),
+    )
+    .unwrap();
     c.check();
     let m = c.lookup("hello world peace");
-    assert_eq!((m.ids.clone(), m.length, m.matched_chars), (vec![1, 2], 11, 17));
+    assert_eq!(
+        (m.ids.clone(), m.length, m.matched_chars),
+        (vec![1, 2], 11, 17)
+    );
     assert_eq!(m.workers, vec![(Arc::from("w"), 17)]);
     // A later agreeing insert below the token-less node still attaches its tokens.
-    c.insert("hello world peace now", toks(&[1, 2, 4, 5], &[5, 11, 17, 21]), None).unwrap();
+    c.insert(
+        "hello world peace now",
+        toks(&[1, 2, 4, 5], &[5, 11, 17, 21]),
+        None,
+    )
+    .unwrap();
     c.check();
     assert_eq!(c.lookup("hello world peace now").ids, vec![1, 2, 4, 5]);
     assert_eq!(c.lookup("hello world peace").ids, vec![1, 2]);
@@ -178,19 +216,22 @@ fn existing_tokenization_wins() {
 #[test]
 fn text_mode_then_tokens() {
     let c = PrefixCache::new(1_000);
-    c.insert("system prompt", Tokens::default(), Some("w1")).unwrap();
+    c.insert("system prompt", Tokens::default(), Some("w1"))
+        .unwrap();
     assert_eq!(c.stats().tokens, 0);
     assert_eq!(c.stats().charged, 4);
     let m = c.lookup("system prompt");
     assert_eq!((m.length, m.matched_chars), (0, 13));
     assert_eq!(m.workers, vec![(Arc::from("w1"), 13)]);
     // Tokens for the same text fill the token-less leaf.
-    c.insert("system prompt", toks(&[10, 11], &[6, 13]), None).unwrap();
+    c.insert("system prompt", toks(&[10, 11], &[6, 13]), None)
+        .unwrap();
     c.check();
     assert_eq!(c.lookup("system prompt").ids, vec![10, 11]);
     // An extension through a token-less node keeps all its tokens in the new leaf.
     c.insert("user asks", Tokens::default(), None).unwrap();
-    c.insert("user asks more", toks(&[20, 21, 22], &[4, 9, 14]), None).unwrap();
+    c.insert("user asks more", toks(&[20, 21, 22], &[4, 9, 14]), None)
+        .unwrap();
     c.check();
     assert_eq!(c.lookup("user asks more").ids, vec![20, 21, 22]);
     assert_eq!(c.lookup("user asks").ids, Vec::<u32>::new());
@@ -202,7 +243,12 @@ fn logprobs_and_mask() {
     c.insert("prompt", toks(&[1, 2], &[3, 6]), None).unwrap();
     let lp = [-0.5f32, -1.5];
     let mask = [1u8, 1];
-    let t = Tokens { ids: &[1, 2, 3, 4], ends: &[3, 6, 9, 12], logprobs: Some(&[0.0, 0.0, -0.5, -1.5]), loss_mask: Some(&[0, 0, 1, 1]) };
+    let t = Tokens {
+        ids: &[1, 2, 3, 4],
+        ends: &[3, 6, 9, 12],
+        logprobs: Some(&[0.0, 0.0, -0.5, -1.5]),
+        loss_mask: Some(&[0, 0, 1, 1]),
+    };
     c.insert("prompt answer", t, None).unwrap();
     let m = c.lookup("prompt answer");
     assert_eq!(m.ids, vec![1, 2, 3, 4]);
@@ -212,7 +258,17 @@ fn logprobs_and_mask() {
     assert_eq!((m.logprobs, m.loss_mask), (None, None));
     // Append to a leaf without data: earlier tokens read as 0.
     c.insert("x", toks(&[9], &[1]), None).unwrap();
-    c.insert("xy", Tokens { ids: &[9, 8], ends: &[1, 2], logprobs: Some(&[-9.0, -2.0]), loss_mask: None }, None).unwrap();
+    c.insert(
+        "xy",
+        Tokens {
+            ids: &[9, 8],
+            ends: &[1, 2],
+            logprobs: Some(&[-9.0, -2.0]),
+            loss_mask: None,
+        },
+        None,
+    )
+    .unwrap();
     let m = c.lookup("xy");
     assert_eq!(m.ids, vec![9, 8]);
     assert_eq!(m.logprobs.as_deref(), Some(&[0.0, -2.0][..]));
@@ -224,12 +280,41 @@ fn validation() {
     let c = PrefixCache::new(1_000);
     let e = |ids: &[u32], ends: &[u32]| c.insert("abc", toks(ids, ends), None).unwrap_err();
     assert!(matches!(e(&[1, 2], &[3]), Error::LengthMismatch { .. }));
-    assert!(matches!(e(&[1, 2], &[2, 1]), Error::EndsDecrease { index: 1 }));
-    assert!(matches!(e(&[1], &[4]), Error::EndOutOfRange { index: 0, end: 4, len: 3 }));
-    let bad_lp = Tokens { ids: &[1], ends: &[3], logprobs: Some(&[]), loss_mask: None };
-    assert!(matches!(c.insert("abc", bad_lp, None), Err(Error::LengthMismatch { field: "logprobs", .. })));
-    let bad_mask = Tokens { ids: &[1], ends: &[3], logprobs: None, loss_mask: Some(&[2]) };
-    assert_eq!(c.insert("abc", bad_mask, None), Err(Error::BadMask { index: 0 }));
+    assert!(matches!(
+        e(&[1, 2], &[2, 1]),
+        Error::EndsDecrease { index: 1 }
+    ));
+    assert!(matches!(
+        e(&[1], &[4]),
+        Error::EndOutOfRange {
+            index: 0,
+            end: 4,
+            len: 3
+        }
+    ));
+    let bad_lp = Tokens {
+        ids: &[1],
+        ends: &[3],
+        logprobs: Some(&[]),
+        loss_mask: None,
+    };
+    assert!(matches!(
+        c.insert("abc", bad_lp, None),
+        Err(Error::LengthMismatch {
+            field: "logprobs",
+            ..
+        })
+    ));
+    let bad_mask = Tokens {
+        ids: &[1],
+        ends: &[3],
+        logprobs: None,
+        loss_mask: Some(&[2]),
+    };
+    assert_eq!(
+        c.insert("abc", bad_mask, None),
+        Err(Error::BadMask { index: 0 })
+    );
     assert_eq!(c.stats().nodes, 0);
     // Ends before the text's end are fine: the rest is text without tokens.
     c.insert("abc", toks(&[1], &[2]), None).unwrap();
@@ -294,16 +379,25 @@ fn eviction_of_inner_nodes_after_their_children() {
 #[test]
 fn workers_and_remove_worker() {
     let c = PrefixCache::new(1_000);
-    c.insert("shared prefix A", Tokens::default(), Some("w1")).unwrap();
-    c.insert("shared prefix B", Tokens::default(), Some("w2")).unwrap();
-    c.insert("shared prefix A and more", Tokens::default(), Some("w2")).unwrap();
+    c.insert("shared prefix A", Tokens::default(), Some("w1"))
+        .unwrap();
+    c.insert("shared prefix B", Tokens::default(), Some("w2"))
+        .unwrap();
+    c.insert("shared prefix A and more", Tokens::default(), Some("w2"))
+        .unwrap();
     let mut w = c.lookup("shared prefix A and more!").workers;
     w.sort();
     assert_eq!(w, vec![(Arc::from("w1"), 15), (Arc::from("w2"), 24)]);
     assert!(c.remove_worker("w2"));
     assert!(!c.remove_worker("w2"));
-    assert_eq!(c.lookup("shared prefix A and more").workers, vec![(Arc::from("w1"), 15)]);
-    assert_eq!(c.lookup("shared prefix B").workers, vec![(Arc::from("w1"), 14)]);
+    assert_eq!(
+        c.lookup("shared prefix A and more").workers,
+        vec![(Arc::from("w1"), 15)]
+    );
+    assert_eq!(
+        c.lookup("shared prefix B").workers,
+        vec![(Arc::from("w1"), 14)]
+    );
     assert_eq!(c.stats().workers, 1);
     c.check();
 }
@@ -426,10 +520,16 @@ fn concurrent_insert_lookup_evict() {
                 let mut r = Rng(0x1234_5678 + t);
                 let mut v = Vocab::default();
                 for i in 0..2_000 {
-                    let text = format!("system prompt {} user {} turn {}", r.below(5), r.below(50), i % 7);
+                    let text = format!(
+                        "system prompt {} user {} turn {}",
+                        r.below(5),
+                        r.below(50),
+                        i % 7
+                    );
                     if r.below(2) == 0 {
                         let (ids, ends) = v.words(&text);
-                        c.insert(&text, toks(&ids, &ends), Some(&format!("w{t}"))).unwrap();
+                        c.insert(&text, toks(&ids, &ends), Some(&format!("w{t}")))
+                            .unwrap();
                     } else {
                         let m = c.lookup(&text);
                         assert!(m.length <= m.matched_chars);

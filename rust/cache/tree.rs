@@ -111,7 +111,10 @@ pub(super) struct Tree {
 
 impl Tree {
     pub fn new(max_tokens: u64) -> Self {
-        let root = Node { alive: true, ..Node::default() };
+        let root = Node {
+            alive: true,
+            ..Node::default()
+        };
         Tree {
             nodes: vec![root],
             free: Vec::new(),
@@ -172,7 +175,11 @@ impl Tree {
             let mut l = common_prefix(edge, rest.as_bytes());
             if l == edge.len() {
                 reach = node.end();
-                segs.push(Seg { node: id, ntokens: node.ids.len(), reach });
+                segs.push(Seg {
+                    node: id,
+                    ntokens: node.ids.len(),
+                    reach,
+                });
                 pos += l;
                 cur = id;
                 continue;
@@ -180,14 +187,26 @@ impl Tree {
             while !rest.is_char_boundary(l) {
                 l -= 1;
             }
-            let c_in = if node.ascii { l } else { count_chars(&edge[..l]) };
+            let c_in = if node.ascii {
+                l
+            } else {
+                count_chars(&edge[..l])
+            };
             reach = node.start + c_in as u32;
             let k = node.ends.partition_point(|&e| e <= reach);
-            segs.push(Seg { node: id, ntokens: k, reach });
+            segs.push(Seg {
+                node: id,
+                ntokens: k,
+                reach,
+            });
             pos += l;
             break;
         }
-        Walk { segs, matched_chars: reach, matched_bytes: pos }
+        Walk {
+            segs,
+            matched_chars: reach,
+            matched_bytes: pos,
+        }
     }
 
     /// Longest cached prefix of `q`. Returns the match and the matched length in bytes.
@@ -318,7 +337,8 @@ impl Tree {
             if agree {
                 let n = self.node(id);
                 let m = n.ids.len();
-                if k + m <= t.ids.len() && *n.ids == t.ids[k..k + m] && *n.ends == t.ends[k..k + m] {
+                if k + m <= t.ids.len() && *n.ids == t.ids[k..k + m] && *n.ends == t.ends[k..k + m]
+                {
                     k += m;
                 } else {
                     agree = false;
@@ -394,7 +414,11 @@ impl Tree {
         let w0 = xn.weight();
         let text = std::mem::take(&mut xn.text);
         let (hi, lo) = text.split_at(l);
-        let c = if xn.ascii { l as u32 } else { count_chars(hi.as_bytes()) as u32 };
+        let c = if xn.ascii {
+            l as u32
+        } else {
+            count_chars(hi.as_bytes()) as u32
+        };
         let at = xn.start + c;
         let k = xn.ends.partition_point(|&e| e <= at);
         let ids = std::mem::take(&mut xn.ids);
@@ -465,7 +489,9 @@ impl Tree {
         }
         let mut held = Vec::new();
         while self.charged > self.max_tokens {
-            let Some(Reverse((t, id))) = self.heap.pop() else { break };
+            let Some(Reverse((t, id))) = self.heap.pop() else {
+                break;
+            };
             let n = self.node(id);
             if !n.alive || !n.children.is_empty() {
                 continue;
@@ -499,7 +525,9 @@ impl Tree {
     /// Returns the pin id and the matched length in characters.
     pub fn pin(&mut self, q: &str, tick: u64) -> (Option<u64>, usize) {
         let w = self.walk(q, tick);
-        let Some(last) = w.segs.last() else { return (None, 0) };
+        let Some(last) = w.segs.last() else {
+            return (None, 0);
+        };
         let node = last.node;
         self.node_mut(node).pins += 1;
         let pin = self.next_pin;
@@ -524,7 +552,9 @@ impl Tree {
     }
 
     pub fn remove_worker(&mut self, name: &str) -> bool {
-        let Some(i) = self.worker_index.remove(name) else { return false };
+        let Some(i) = self.worker_index.remove(name) else {
+            return false;
+        };
         for n in self.nodes.iter_mut().filter(|n| n.alive) {
             n.workers.retain(|e| e.0 != i);
         }
@@ -540,7 +570,12 @@ impl Tree {
     /// Heap and arena bytes held by the tree (an estimate that ignores allocator overhead).
     pub fn bytes(&self) -> usize {
         let arena = self.nodes.capacity() * std::mem::size_of::<Node>();
-        let nodes: usize = self.nodes.iter().filter(|n| n.alive).map(Node::heap_bytes).sum();
+        let nodes: usize = self
+            .nodes
+            .iter()
+            .filter(|n| n.alive)
+            .map(Node::heap_bytes)
+            .sum();
         arena
             + nodes
             + self.free.capacity() * 4

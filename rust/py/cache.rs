@@ -25,11 +25,16 @@ fn out_of_range(what: &str, i: usize, item: &Bound<'_, PyAny>) -> PyErr {
 }
 
 fn not_int(what: &str, i: usize, item: &Bound<'_, PyAny>) -> PyErr {
-    PyTypeError::new_err(format!("{what}[{i}] must be an int, not {}", type_name(item)))
+    PyTypeError::new_err(format!(
+        "{what}[{i}] must be an int, not {}",
+        type_name(item)
+    ))
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type().name().map_or_else(|_| "?".to_owned(), |n| n.to_string())
+    obj.get_type()
+        .name()
+        .map_or_else(|_| "?".to_owned(), |n| n.to_string())
 }
 
 fn u32_item(what: &str, i: usize, item: &Bound<'_, PyAny>) -> PyResult<u32> {
@@ -43,9 +48,13 @@ fn u32_item(what: &str, i: usize, item: &Bound<'_, PyAny>) -> PyResult<u32> {
 /// Native-endian u32s from raw bytes (the buffer form of `array('I')`).
 fn u32s_from_bytes(what: &str, b: &[u8]) -> PyResult<Vec<u32>> {
     if b.len() % 4 != 0 {
-        return Err(PyValueError::new_err(format!("{what}: a byte buffer must hold 4-byte unsigned integers")));
+        return Err(PyValueError::new_err(format!(
+            "{what}: a byte buffer must hold 4-byte unsigned integers"
+        )));
     }
-    Ok(b.chunks_exact(4).map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(b.chunks_exact(4)
+        .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 /// A list / tuple / iterable of ints, bytes holding native u32, or an `array('I')` / memoryview of format 'I'.
@@ -68,7 +77,9 @@ fn extract_u32s(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
         return u32s_from_bytes(what, b.as_bytes());
     }
     if obj.is_instance_of::<PyString>() {
-        return Err(PyTypeError::new_err(format!("{what} must be a sequence of ints, not str")));
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be a sequence of ints, not str"
+        )));
     }
     // array.array('I') and memoryview(format='I'): copy their bytes in one go.
     let code = obj
@@ -77,7 +88,10 @@ fn extract_u32s(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
         .ok()
         .and_then(|c| c.extract::<String>().ok());
     if let Some(code) = code {
-        let itemsize = obj.getattr("itemsize").ok().and_then(|s| s.extract::<usize>().ok());
+        let itemsize = obj
+            .getattr("itemsize")
+            .ok()
+            .and_then(|s| s.extract::<usize>().ok());
         if matches!(code.as_str(), "I" | "L" | "=I" | "<I" | "@I") && itemsize == Some(4) {
             let raw = obj.call_method0("tobytes")?;
             return u32s_from_bytes(what, raw.cast::<PyBytes>()?.as_bytes());
@@ -95,7 +109,10 @@ fn extract_f32s(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
     for (i, item) in obj.try_iter()?.enumerate() {
         let item = item?;
         let v = item.extract::<f64>().map_err(|_| {
-            PyTypeError::new_err(format!("logprobs[{i}] must be a float, not {}", type_name(&item)))
+            PyTypeError::new_err(format!(
+                "logprobs[{i}] must be a float, not {}",
+                type_name(&item)
+            ))
         })?;
         out.push(v as f32);
     }
@@ -107,12 +124,19 @@ fn extract_mask(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     for (i, item) in obj.try_iter()?.enumerate() {
         let item = item?;
         if !item.is_instance_of::<PyInt>() {
-            return Err(PyTypeError::new_err(format!("loss_mask[{i}] must be 0 or 1, not {}", type_name(&item))));
+            return Err(PyTypeError::new_err(format!(
+                "loss_mask[{i}] must be 0 or 1, not {}",
+                type_name(&item)
+            )));
         }
         match item.extract::<i64>() {
             Ok(0) => out.push(0),
             Ok(1) => out.push(1),
-            _ => return Err(PyValueError::new_err(format!("loss_mask[{i}] must be 0 or 1"))),
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "loss_mask[{i}] must be 0 or 1"
+                )))
+            }
         }
     }
     Ok(out)
@@ -129,9 +153,11 @@ impl PyPrefixCache {
     #[new]
     #[pyo3(signature = (max_tokens = 16_000_000))]
     fn new(max_tokens: i64) -> PyResult<Self> {
-        let max_tokens =
-            u64::try_from(max_tokens).map_err(|_| PyValueError::new_err("max_tokens must be non-negative"))?;
-        Ok(PyPrefixCache { inner: Arc::new(PrefixCache::new(max_tokens)) })
+        let max_tokens = u64::try_from(max_tokens)
+            .map_err(|_| PyValueError::new_err("max_tokens must be non-negative"))?;
+        Ok(PyPrefixCache {
+            inner: Arc::new(PrefixCache::new(max_tokens)),
+        })
     }
 
     #[getter]
@@ -152,11 +178,22 @@ impl PyPrefixCache {
         worker: Option<&str>,
     ) -> PyResult<()> {
         let text = text.to_str()?;
-        let ids = token_ids.map(|o| extract_u32s("token_ids", o)).transpose()?.unwrap_or_default();
-        let ends = token_ends.map(|o| extract_u32s("token_ends", o)).transpose()?.unwrap_or_default();
+        let ids = token_ids
+            .map(|o| extract_u32s("token_ids", o))
+            .transpose()?
+            .unwrap_or_default();
+        let ends = token_ends
+            .map(|o| extract_u32s("token_ends", o))
+            .transpose()?
+            .unwrap_or_default();
         let logprobs = logprobs.map(extract_f32s).transpose()?;
         let loss_mask = loss_mask.map(extract_mask).transpose()?;
-        let tokens = Tokens { ids: &ids, ends: &ends, logprobs: logprobs.as_deref(), loss_mask: loss_mask.as_deref() };
+        let tokens = Tokens {
+            ids: &ids,
+            ends: &ends,
+            logprobs: logprobs.as_deref(),
+            loss_mask: loss_mask.as_deref(),
+        };
         let cache = &self.inner;
         if text.len() >= DETACH_BYTES {
             py.detach(|| cache.insert(text, tokens, worker))?;
@@ -171,7 +208,11 @@ impl PyPrefixCache {
     fn match_(&self, py: Python<'_>, text: &Bound<'_, PyString>) -> PyResult<PyPrefixMatch> {
         let text = text.to_str()?;
         let cache = &self.inner;
-        let m = if text.len() >= DETACH_BYTES { py.detach(|| cache.lookup(text)) } else { cache.lookup(text) };
+        let m = if text.len() >= DETACH_BYTES {
+            py.detach(|| cache.lookup(text))
+        } else {
+            cache.lookup(text)
+        };
         Ok(PyPrefixMatch { m })
     }
 
@@ -179,9 +220,16 @@ impl PyPrefixCache {
     fn pin(&self, py: Python<'_>, text: &Bound<'_, PyString>) -> PyResult<PyPrefixPin> {
         let text = text.to_str()?;
         let cache = &self.inner;
-        let (pin, matched_chars) =
-            if text.len() >= DETACH_BYTES { py.detach(|| cache.pin(text)) } else { cache.pin(text) };
-        Ok(PyPrefixPin { cache: Arc::clone(cache), pin: Mutex::new(pin), matched_chars })
+        let (pin, matched_chars) = if text.len() >= DETACH_BYTES {
+            py.detach(|| cache.pin(text))
+        } else {
+            cache.pin(text)
+        };
+        Ok(PyPrefixPin {
+            cache: Arc::clone(cache),
+            pin: Mutex::new(pin),
+            matched_chars,
+        })
     }
 
     fn remove_worker(&self, py: Python<'_>, worker: &str) {
@@ -218,7 +266,10 @@ impl PyPrefixCache {
 
     fn __repr__(&self) -> String {
         let s = self.inner.stats();
-        format!("PrefixCache(max_tokens={}, nodes={}, tokens={})", s.max_tokens, s.nodes, s.tokens)
+        format!(
+            "PrefixCache(max_tokens={}, nodes={}, tokens={})",
+            s.max_tokens, s.nodes, s.tokens
+        )
     }
 }
 
@@ -311,7 +362,11 @@ impl PyPrefixMatch {
             self.m.length,
             self.m.matched_chars,
             self.m.ids.len(),
-            self.m.workers.iter().map(|(w, n)| (&**w, *n)).collect::<Vec<_>>()
+            self.m
+                .workers
+                .iter()
+                .map(|(w, n)| (&**w, *n))
+                .collect::<Vec<_>>()
         )
     }
 }
@@ -364,7 +419,11 @@ impl PyPrefixPin {
     }
 
     fn __repr__(&self) -> String {
-        format!("PrefixPin(matched_chars={}, active={})", self.matched_chars, self.active())
+        format!(
+            "PrefixPin(matched_chars={}, active={})",
+            self.matched_chars,
+            if self.active() { "True" } else { "False" }
+        )
     }
 }
 
