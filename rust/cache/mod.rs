@@ -15,7 +15,8 @@
 //! - **Budget:** every node costs its token count, or one unit per 4 characters when it holds
 //!   no tokens (text-only entries). An insert that takes the total past `max_tokens` evicts
 //!   least-recently-used unpinned leaves until the total fits (or only pinned paths remain).
-//! - **Pins** protect the path to the deepest node a text reaches, until released.
+//! - **Pins** protect the path to the deepest node a text reaches, until released (a release
+//!   that leaves the cache over budget evicts at once).
 //! - **Workers:** an insert with a worker records it on every node of the path; a lookup
 //!   reports, per worker, the matched length up to its deepest node on the path.
 //!
@@ -293,8 +294,14 @@ impl PrefixCache {
     }
 
     /// Release a pin; false if it was already released (or dropped by `clear`).
+    /// Over budget because of pins, a release evicts at once.
     pub fn unpin(&self, pin: u64) -> bool {
-        self.write().unpin(pin)
+        let mut tree = self.write();
+        let released = tree.unpin(pin);
+        if tree.charged > tree.max_tokens {
+            tree.evict();
+        }
+        released
     }
 
     /// Forget `worker` on every node; false if it was unknown.
@@ -306,9 +313,11 @@ impl PrefixCache {
     pub fn clear(&self) {
         let mut tree = self.write();
         let fresh = Tree::new(tree.max_tokens);
-        let evictions = tree.evictions;
+        let (evictions, next_pin) = (tree.evictions, tree.next_pin);
         *tree = fresh;
+        // Pin ids stay unique across a clear, so a stale handle can never release a new pin.
         tree.evictions = evictions;
+        tree.next_pin = next_pin;
     }
 
     pub fn stats(&self) -> Stats {

@@ -106,7 +106,7 @@ pub(super) struct Tree {
     worker_index: HashMap<Arc<str>, u32>,
     free_workers: Vec<u32>,
     pins: HashMap<u64, u32>,
-    next_pin: u64,
+    pub next_pin: u64,
 }
 
 impl Tree {
