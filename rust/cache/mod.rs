@@ -182,8 +182,10 @@ pub fn validate(nchars: usize, t: &Tokens<'_>) -> Result<(), Error> {
             return Err(Error::BadMask { index });
         }
     }
-    if let Some(index) = t.ends.windows(2).position(|w| w[1] < w[0]) {
-        return Err(Error::EndsDecrease { index: index + 1 });
+    // Branch-free scan first (vectorizes); find the index only on error.
+    if t.ends.windows(2).fold(false, |bad, w| bad | (w[1] < w[0])) {
+        let index = t.ends.windows(2).position(|w| w[1] < w[0]).unwrap_or(0) + 1;
+        return Err(Error::EndsDecrease { index });
     }
     if let Some(&last) = t.ends.last() {
         if last as usize > nchars {

@@ -161,7 +161,7 @@ impl Tree {
     /// Walk `q` from the root; touch every visited node with `tick`.
     fn walk(&self, q: &str, tick: u64) -> Walk {
         let qb = q.as_bytes();
-        let mut segs = Vec::new();
+        let mut segs = Vec::with_capacity(16);
         let mut cur = ROOT;
         let mut pos = 0;
         let mut reach = 0;
