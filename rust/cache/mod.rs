@@ -27,10 +27,13 @@ mod text;
 mod tree;
 
 use std::fmt;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-pub use text::{char_to_byte, count_chars, ids_json, ids_json_len, write_ids_json};
+pub use text::{
+    after_nth_comma, char_to_byte, count_chars, ids_csv, ids_json, json_len, write_json,
+};
 use tree::Tree;
 
 /// Token data of one insert; `ends` are character offsets into the text.
@@ -94,20 +97,131 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// The longest cached prefix of a text.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The longest cached prefix of a text: a snapshot that shares the token arrays of the
+/// matched nodes (no copy; later evictions do not change it).
+#[derive(Clone, Debug, Default)]
 pub struct Match {
     /// Matched length in characters at the end of the last whole matched token (0 if none).
     pub length: usize,
     /// Raw matched characters (may be beyond `length`).
     pub matched_chars: usize,
-    pub ids: Vec<u32>,
-    /// `None` when no matched token carries a logprob (read as all zeros).
-    pub logprobs: Option<Vec<f32>>,
-    /// `None` when no matched token carries a mask (read as all zeros).
-    pub loss_mask: Option<Vec<u8>>,
     /// (worker, matched characters up to the worker's deepest node on the path).
     pub workers: Vec<(Arc<str>, usize)>,
+    segments: Vec<Segment>,
+    token_count: usize,
+}
+
+/// The token ids of one node, immutable once built, with their decimal text made on first
+/// use (so a match's JSON form is a copy of cached text, not a formatting loop).
+#[derive(Debug, Default)]
+pub(crate) struct IdArray {
+    ids: Box<[u32]>,
+    csv: OnceLock<Box<[u8]>>,
+}
+
+impl IdArray {
+    fn arc(ids: impl Into<Box<[u32]>>) -> Arc<IdArray> {
+        Arc::new(IdArray {
+            ids: ids.into(),
+            csv: OnceLock::new(),
+        })
+    }
+
+    /// "1,22,333," (see `text::ids_csv`).
+    fn csv(&self) -> &[u8] {
+        self.csv.get_or_init(|| ids_csv(&self.ids))
+    }
+
+    fn csv_bytes(&self) -> usize {
+        self.csv.get().map_or(0, |c| c.len())
+    }
+}
+
+impl Deref for IdArray {
+    type Target = [u32];
+
+    fn deref(&self) -> &[u32] {
+        &self.ids
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Segment {
+    ids: Arc<IdArray>,
+    logprobs: Option<Arc<[f32]>>,
+    loss_mask: Option<Arc<[u8]>>,
+    n: usize,
+}
+
+impl Match {
+    pub fn token_count(&self) -> usize {
+        self.token_count
+    }
+
+    /// The matched ids in consecutive parts (one per node).
+    pub fn id_parts(&self) -> impl Iterator<Item = &[u32]> + Clone + '_ {
+        self.segments.iter().map(|s| &s.ids[..s.n])
+    }
+
+    /// The matched ids as comma-terminated decimal parts; join them with `write_json`.
+    pub fn json_parts(&self) -> Vec<&[u8]> {
+        self.segments
+            .iter()
+            .map(|s| {
+                let csv = s.ids.csv();
+                if s.n == s.ids.len() {
+                    csv
+                } else {
+                    &csv[..after_nth_comma(csv, s.n)]
+                }
+            })
+            .collect()
+    }
+
+    /// The matched ids as a JSON array (`b"[1,2,3]"`).
+    pub fn ids_json(&self) -> Vec<u8> {
+        let parts = self.json_parts();
+        let mut out = vec![0; json_len(parts.iter().copied())];
+        write_json(parts, &mut out);
+        out
+    }
+
+    pub fn ids(&self) -> Vec<u32> {
+        let mut v = Vec::with_capacity(self.token_count);
+        self.id_parts().for_each(|p| v.extend_from_slice(p));
+        v
+    }
+
+    /// `None` when no matched token carries a logprob (read them as zeros).
+    pub fn logprobs(&self) -> Option<Vec<f32>> {
+        self.segments.iter().any(|s| s.logprobs.is_some()).then(|| {
+            let mut v = Vec::with_capacity(self.token_count);
+            for s in &self.segments {
+                match &s.logprobs {
+                    Some(lp) => v.extend_from_slice(&lp[..s.n]),
+                    None => v.resize(v.len() + s.n, 0.0),
+                }
+            }
+            v
+        })
+    }
+
+    /// `None` when no matched token carries a mask (read them as zeros).
+    pub fn loss_mask(&self) -> Option<Vec<u8>> {
+        self.segments
+            .iter()
+            .any(|s| s.loss_mask.is_some())
+            .then(|| {
+                let mut v = Vec::with_capacity(self.token_count);
+                for s in &self.segments {
+                    match &s.loss_mask {
+                        Some(m) => v.extend_from_slice(&m[..s.n]),
+                        None => v.resize(v.len() + s.n, 0),
+                    }
+                }
+                v
+            })
+    }
 }
 
 /// Counters and sizes; see `PrefixCache::stats`.
@@ -273,7 +387,7 @@ impl PrefixCache {
         // matched part's characters per token (4 characters per token if nothing matched).
         let rest_bytes = &text.as_bytes()[char_to_byte_at(text, matched_bytes)..];
         let unmatched = (count_chars(rest_bytes) + (m.matched_chars - m.length)) as u64;
-        let matched = m.ids.len() as u64;
+        let matched = m.token_count() as u64;
         let est = if matched > 0 && m.length > 0 {
             (unmatched * matched).div_ceil(m.length as u64)
         } else {

@@ -88,17 +88,17 @@ fn exact_and_prefix_match() {
     insert_words(&c, &mut v, "hello big world", None);
     let m = c.lookup("hello big world");
     assert_eq!((m.length, m.matched_chars), (15, 15));
-    assert_eq!(v.decode(&m.ids), "hello big world");
+    assert_eq!(v.decode(&m.ids()), "hello big world");
     // Longer query: everything cached matches.
     let m = c.lookup("hello big world, again");
-    assert_eq!((m.length, m.matched_chars, m.ids.len()), (15, 15, 3));
+    assert_eq!((m.length, m.matched_chars, m.ids().len()), (15, 15, 3));
     // Divergence inside a token: only whole tokens come back.
     let m = c.lookup("hello big wonder");
     assert_eq!((m.length, m.matched_chars), (9, 12));
-    assert_eq!(v.decode(&m.ids), "hello big");
+    assert_eq!(v.decode(&m.ids()), "hello big");
     let m = c.lookup("nothing");
-    assert_eq!((m.length, m.matched_chars, m.ids.len()), (0, 0, 0));
-    assert_eq!(c.lookup("").ids.len(), 0);
+    assert_eq!((m.length, m.matched_chars, m.ids().len()), (0, 0, 0));
+    assert_eq!(c.lookup("").ids().len(), 0);
 }
 
 #[test]
@@ -118,15 +118,15 @@ fn split_keeps_tokens_whole() {
         "the cat s",
     ] {
         let m = c.lookup(q);
-        let got = v.decode(&m.ids);
+        let got = v.decode(&m.ids());
         assert_eq!(got, prefix(q, m.length), "{q}");
         assert!(m.length <= m.matched_chars);
     }
     assert_eq!(
-        v.decode(&c.lookup("the cat sang a song").ids),
+        v.decode(&c.lookup("the cat sang a song").ids()),
         "the cat sang"
     );
-    assert_eq!(v.decode(&c.lookup("the cat sa").ids), "the cat");
+    assert_eq!(v.decode(&c.lookup("the cat sa").ids()), "the cat");
     assert_eq!(c.lookup("the cat sa").matched_chars, 10);
 }
 
@@ -144,9 +144,9 @@ fn multibyte_divergence_inside_a_character_family() {
     c.check();
     let m = c.lookup(a);
     assert_eq!(m.length, a.chars().count());
-    assert_eq!(v.decode(&m.ids), a);
+    assert_eq!(v.decode(&m.ids()), a);
     let m = c.lookup(b);
-    assert_eq!(v.decode(&m.ids), b);
+    assert_eq!(v.decode(&m.ids()), b);
     let m = c.lookup("café ê");
     assert_eq!((m.length, m.matched_chars), (5, 5));
     let mut w = m.workers.clone();
@@ -167,9 +167,9 @@ fn tokens_shared_by_one_end_and_empty_tokens() {
     c.insert(text, toks(&[1, 2, 3, 4, 5], &[0, 1, 2, 2, 3]), None)
         .unwrap();
     c.check();
-    assert_eq!(c.lookup(text).ids, vec![1, 2, 3, 4, 5]);
-    assert_eq!(c.lookup("a😀c").ids, vec![1, 2, 3, 4]);
-    assert_eq!(c.lookup("a😁").ids, vec![1, 2]);
+    assert_eq!(c.lookup(text).ids(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(c.lookup("a😀c").ids(), vec![1, 2, 3, 4]);
+    assert_eq!(c.lookup("a😁").ids(), vec![1, 2]);
     assert_eq!(c.lookup("a😁").length, 1);
 }
 
@@ -182,11 +182,11 @@ fn existing_tokenization_wins() {
     c.insert("hello world", toks(&[7, 8, 9], &[3, 5, 11]), None)
         .unwrap();
     c.check();
-    assert_eq!(c.lookup("hello world").ids, vec![1, 2]);
+    assert_eq!(c.lookup("hello world").ids(), vec![1, 2]);
     // Extension that agrees on the shared part: its new tokens are added.
     c.insert("hello world again", toks(&[1, 2, 3], &[5, 11, 17]), None)
         .unwrap();
-    assert_eq!(c.lookup("hello world again").ids, vec![1, 2, 3]);
+    assert_eq!(c.lookup("hello world again").ids(), vec![1, 2, 3]);
     // Extension that disagrees: the text is stored, its tokens are not.
     c.insert(
         "hello world peace",
@@ -196,10 +196,7 @@ fn existing_tokenization_wins() {
     .unwrap();
     c.check();
     let m = c.lookup("hello world peace");
-    assert_eq!(
-        (m.ids.clone(), m.length, m.matched_chars),
-        (vec![1, 2], 11, 17)
-    );
+    assert_eq!((m.ids(), m.length, m.matched_chars), (vec![1, 2], 11, 17));
     assert_eq!(m.workers, vec![(Arc::from("w"), 17)]);
     // A later agreeing insert below the token-less node still attaches its tokens.
     c.insert(
@@ -209,8 +206,8 @@ fn existing_tokenization_wins() {
     )
     .unwrap();
     c.check();
-    assert_eq!(c.lookup("hello world peace now").ids, vec![1, 2, 4, 5]);
-    assert_eq!(c.lookup("hello world peace").ids, vec![1, 2]);
+    assert_eq!(c.lookup("hello world peace now").ids(), vec![1, 2, 4, 5]);
+    assert_eq!(c.lookup("hello world peace").ids(), vec![1, 2]);
 }
 
 #[test]
@@ -227,14 +224,14 @@ fn text_mode_then_tokens() {
     c.insert("system prompt", toks(&[10, 11], &[6, 13]), None)
         .unwrap();
     c.check();
-    assert_eq!(c.lookup("system prompt").ids, vec![10, 11]);
+    assert_eq!(c.lookup("system prompt").ids(), vec![10, 11]);
     // An extension through a token-less node keeps all its tokens in the new leaf.
     c.insert("user asks", Tokens::default(), None).unwrap();
     c.insert("user asks more", toks(&[20, 21, 22], &[4, 9, 14]), None)
         .unwrap();
     c.check();
-    assert_eq!(c.lookup("user asks more").ids, vec![20, 21, 22]);
-    assert_eq!(c.lookup("user asks").ids, Vec::<u32>::new());
+    assert_eq!(c.lookup("user asks more").ids(), vec![20, 21, 22]);
+    assert_eq!(c.lookup("user asks").ids(), Vec::<u32>::new());
 }
 
 #[test]
@@ -251,11 +248,14 @@ fn logprobs_and_mask() {
     };
     c.insert("prompt answer", t, None).unwrap();
     let m = c.lookup("prompt answer");
-    assert_eq!(m.ids, vec![1, 2, 3, 4]);
-    assert_eq!(m.logprobs.as_deref(), Some(&[0.0, 0.0, lp[0], lp[1]][..]));
-    assert_eq!(m.loss_mask.as_deref(), Some(&[0, 0, mask[0], mask[1]][..]));
+    assert_eq!(m.ids(), vec![1, 2, 3, 4]);
+    assert_eq!(m.logprobs().as_deref(), Some(&[0.0, 0.0, lp[0], lp[1]][..]));
+    assert_eq!(
+        m.loss_mask().as_deref(),
+        Some(&[0, 0, mask[0], mask[1]][..])
+    );
     let m = c.lookup("prompt");
-    assert_eq!((m.logprobs, m.loss_mask), (None, None));
+    assert_eq!((m.logprobs(), m.loss_mask()), (None, None));
     // Append to a leaf without data: earlier tokens read as 0.
     c.insert("x", toks(&[9], &[1]), None).unwrap();
     c.insert(
@@ -270,8 +270,8 @@ fn logprobs_and_mask() {
     )
     .unwrap();
     let m = c.lookup("xy");
-    assert_eq!(m.ids, vec![9, 8]);
-    assert_eq!(m.logprobs.as_deref(), Some(&[0.0, -2.0][..]));
+    assert_eq!(m.ids(), vec![9, 8]);
+    assert_eq!(m.logprobs().as_deref(), Some(&[0.0, -2.0][..]));
     c.check();
 }
 
@@ -334,17 +334,17 @@ fn lru_eviction_holds_the_budget_and_spares_pins() {
     let s = c.stats();
     assert!(s.charged <= 10, "{s:?}");
     assert_eq!(s.evictions, 1);
-    assert_eq!(c.lookup("a b c d").ids.len(), 4, "pinned path survives");
-    assert_eq!(c.lookup("x y z").ids.len(), 0, "LRU leaf evicted");
+    assert_eq!(c.lookup("a b c d").ids().len(), 4, "pinned path survives");
+    assert_eq!(c.lookup("x y z").ids().len(), 0, "LRU leaf evicted");
     assert!(c.unpin(pin.unwrap()));
     assert!(!c.unpin(pin.unwrap()));
     insert_words(&c, &mut v, "k l m", None); // evicts "p q r s" (older than the lookup of a..d)
     assert!(c.stats().charged <= 10);
-    assert_eq!(c.lookup("p q r s").ids.len(), 0);
+    assert_eq!(c.lookup("p q r s").ids().len(), 0);
     insert_words(&c, &mut v, "u v w x", None); // now a..d is the least recent and unpinned
     assert!(c.stats().charged <= 10);
-    assert_eq!(c.lookup("a b c d").ids.len(), 0);
-    assert_eq!(c.lookup("k l m").ids.len(), 3);
+    assert_eq!(c.lookup("a b c d").ids().len(), 0);
+    assert_eq!(c.lookup("k l m").ids().len(), 3);
     assert_eq!(c.stats().evictions, 3);
     c.check();
 }
@@ -362,8 +362,8 @@ fn eviction_of_inner_nodes_after_their_children() {
     let c3 = PrefixCache::new(3);
     insert_words(&c3, &mut v, "one two three", None);
     insert_words(&c3, &mut v, "one two four", None);
-    assert_eq!(v.decode(&c3.lookup("one two four").ids), "one two four");
-    assert_eq!(c3.lookup("one two three").ids.len(), 2);
+    assert_eq!(v.decode(&c3.lookup("one two four").ids()), "one two four");
+    assert_eq!(c3.lookup("one two three").ids().len(), 2);
     insert_words(&c3, &mut v, "zz yy xx", None);
     assert_eq!(c3.stats().nodes, 1);
     c3.check();
@@ -418,7 +418,7 @@ fn stats_and_clear() {
     let s = c.stats();
     assert_eq!((s.nodes, s.tokens, s.charged, s.pins), (0, 0, 0, 0));
     assert!(!c.unpin(pin.unwrap()));
-    assert_eq!(c.lookup("abcdefgh").ids.len(), 0);
+    assert_eq!(c.lookup("abcdefgh").ids().len(), 0);
 }
 
 /// xorshift64*: a tiny deterministic generator for the randomized tests.
@@ -496,7 +496,8 @@ fn randomized_matches_decode_to_the_text() {
             }
             _ => {
                 let m = c.lookup(&text);
-                assert_eq!(v.decode(&m.ids), prefix(&text, m.length), "step {step}");
+                assert_eq!(v.decode(&m.ids()), prefix(&text, m.length), "step {step}");
+                assert_eq!(m.ids_json(), ids_json(&m.ids()));
                 assert!(m.length <= m.matched_chars);
                 assert!(m.workers.iter().all(|(_, n)| *n <= m.matched_chars));
             }

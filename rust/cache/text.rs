@@ -31,7 +31,11 @@ pub fn count_chars(s: &[u8]) -> usize {
     for block in &mut blocks {
         n += block.iter().map(starts).fold(0u8, u8::wrapping_add) as usize;
     }
-    n + blocks.remainder().iter().map(|b| starts(b) as usize).sum::<usize>()
+    n + blocks
+        .remainder()
+        .iter()
+        .map(|b| starts(b) as usize)
+        .sum::<usize>()
 }
 
 /// Byte offset of the character at index `chars` of UTF-8 `s` (`s.len()` if past the end).
@@ -48,37 +52,27 @@ const DIGITS: &[u8; 200] = b"0001020304050607080910111213141516171819\
 6061626364656667686970717273747576777879\
 8081828384858687888990919293949596979899";
 
+/// Length of `v` in decimal digits.
 #[inline]
 fn digits(v: u32) -> usize {
-    match v {
-        0..=9 => 1,
-        10..=99 => 2,
-        100..=999 => 3,
-        1_000..=9_999 => 4,
-        10_000..=99_999 => 5,
-        100_000..=999_999 => 6,
-        1_000_000..=9_999_999 => 7,
-        10_000_000..=99_999_999 => 8,
-        100_000_000..=999_999_999 => 9,
-        _ => 10,
-    }
+    1 + usize::from(v >= 10)
+        + usize::from(v >= 100)
+        + usize::from(v >= 1_000)
+        + usize::from(v >= 10_000)
+        + usize::from(v >= 100_000)
+        + usize::from(v >= 1_000_000)
+        + usize::from(v >= 10_000_000)
+        + usize::from(v >= 100_000_000)
+        + usize::from(v >= 1_000_000_000)
 }
 
-/// Length of `ids` written as a JSON array without spaces, e.g. `[1,22,333]`.
-pub fn ids_json_len(ids: &[u32]) -> usize {
-    2 + ids.len().saturating_sub(1) + ids.iter().map(|&v| digits(v)).sum::<usize>()
-}
-
-/// Write `ids` as a JSON array into `out`, which must be exactly `ids_json_len(ids)` bytes.
-pub fn write_ids_json(ids: &[u32], out: &mut [u8]) {
-    debug_assert_eq!(out.len(), ids_json_len(ids));
-    out[0] = b'[';
-    let mut pos = 1;
-    for (i, &v) in ids.iter().enumerate() {
-        if i > 0 {
-            out[pos] = b',';
-            pos += 1;
-        }
+/// The ids in decimal, each followed by a comma (`b"1,22,333,"`): the building block of
+/// the JSON form, cut after any token by counting commas.
+pub fn ids_csv(ids: &[u32]) -> Box<[u8]> {
+    let len = ids.len() + ids.iter().map(|&v| digits(v)).sum::<usize>();
+    let mut out = vec![0u8; len];
+    let mut pos = 0;
+    for &v in ids {
         let n = digits(v);
         let mut end = pos + n;
         let mut v = v;
@@ -94,15 +88,69 @@ pub fn write_ids_json(ids: &[u32], out: &mut [u8]) {
         } else {
             out[end - 1] = b'0' + v as u8;
         }
-        pos += n;
+        out[pos + n] = b',';
+        pos += n + 1;
     }
-    out[pos] = b']';
+    out.into()
+}
+
+/// Byte offset just after the `n`-th comma of `s` (`s.len()` if there are fewer).
+pub fn after_nth_comma(s: &[u8], n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let mut seen = 0;
+    let mut base = 0;
+    for block in s.chunks(64) {
+        let c = block
+            .iter()
+            .map(|&b| u8::from(b == b','))
+            .fold(0u8, u8::wrapping_add) as usize;
+        if seen + c >= n {
+            for (i, &b) in block.iter().enumerate() {
+                if b == b',' {
+                    seen += 1;
+                    if seen == n {
+                        return base + i + 1;
+                    }
+                }
+            }
+        }
+        seen += c;
+        base += block.len();
+    }
+    s.len()
+}
+
+/// Join comma-terminated parts (see `ids_csv`) into a JSON array; `out` must be
+/// `json_len(parts)` bytes.
+pub fn write_json<'a>(parts: impl IntoIterator<Item = &'a [u8]>, out: &mut [u8]) {
+    out[0] = b'[';
+    let mut pos = 1;
+    for p in parts {
+        out[pos..pos + p.len()].copy_from_slice(p);
+        pos += p.len();
+    }
+    // The last comma becomes the closing bracket ("[]" when there are no ids).
+    let last = out.len() - 1;
+    out[last] = b']';
+}
+
+/// Length of the JSON array made of comma-terminated parts.
+pub fn json_len<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> usize {
+    let n: usize = parts.into_iter().map(<[u8]>::len).sum();
+    if n == 0 {
+        2
+    } else {
+        n + 1
+    }
 }
 
 /// `ids` as a JSON array (`b"[1,2,3]"`).
 pub fn ids_json(ids: &[u32]) -> Vec<u8> {
-    let mut out = vec![0; ids_json_len(ids)];
-    write_ids_json(ids, &mut out);
+    let csv = ids_csv(ids);
+    let mut out = vec![0; json_len([&csv[..]])];
+    write_json([&csv[..]], &mut out);
     out
 }
 
@@ -137,5 +185,19 @@ mod tests {
         assert_eq!(s, "[0,9,10,99,100,12345,4294967295,1000000]");
         assert_eq!(ids_json(&[]), b"[]");
         assert_eq!(ids_json(&[5]), b"[5]");
+        let csv = ids_csv(&[1, 22, 333, 4]);
+        assert_eq!(&csv[..], b"1,22,333,4,");
+        assert_eq!(after_nth_comma(&csv, 0), 0);
+        assert_eq!(after_nth_comma(&csv, 2), 5);
+        assert_eq!(after_nth_comma(&csv, 4), csv.len());
+        let long = ids_csv(&(0..1000).collect::<Vec<u32>>());
+        assert_eq!(
+            &long[..after_nth_comma(&long, 777)],
+            &ids_csv(&(0..777).collect::<Vec<u32>>())[..]
+        );
+        let parts: [&[u8]; 3] = [b"1,2,", b"", b"30,"];
+        let mut out = vec![0; json_len(parts)];
+        write_json(parts, &mut out);
+        assert_eq!(out, b"[1,2,30]");
     }
 }

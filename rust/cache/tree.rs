@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use super::text::{common_prefix, count_chars};
-use super::{Match, Tokens};
+use super::{IdArray, Match, Segment, Tokens};
 
 const ROOT: u32 = 0;
 
@@ -40,10 +40,11 @@ struct Node {
     tick: AtomicU64,
     /// (first character of the child's edge, child), sorted by character.
     children: Vec<(char, u32)>,
-    ids: Box<[u32]>,
+    /// Token arrays are immutable once built and shared with `Match` snapshots.
+    ids: Arc<IdArray>,
     ends: Box<[u32]>,
-    logprobs: Option<Box<[f32]>>,
-    loss_mask: Option<Box<[u8]>>,
+    logprobs: Option<Arc<[f32]>>,
+    loss_mask: Option<Arc<[u8]>>,
     /// (worker index, clock of the worker's last insert through this node).
     workers: Vec<(u32, u64)>,
 }
@@ -62,13 +63,20 @@ impl Node {
         self.start + self.nchars
     }
 
+    /// Raise the node's clock to `tick`. A plain load and store, not an atomic max: two
+    /// concurrent lookups may leave the smaller of their two ticks, which only makes the LRU
+    /// order approximate between them; the value never drops below what a writer last saw,
+    /// which is what the eviction heap relies on.
     fn touch(&self, tick: u64) {
-        self.tick.fetch_max(tick, Relaxed);
+        if self.tick.load(Relaxed) < tick {
+            self.tick.store(tick, Relaxed);
+        }
     }
 
     fn heap_bytes(&self) -> usize {
         self.text.len()
             + self.ids.len() * 4
+            + self.ids.csv_bytes()
             + self.ends.len() * 4
             + self.logprobs.as_ref().map_or(0, |v| v.len() * 4)
             + self.loss_mask.as_ref().map_or(0, |v| v.len())
@@ -212,40 +220,22 @@ impl Tree {
     /// Longest cached prefix of `q`. Returns the match and the matched length in bytes.
     pub fn lookup(&self, q: &str, tick: u64) -> (Match, usize) {
         let w = self.walk(q, tick);
-        let total: usize = w.segs.iter().map(|s| s.ntokens).sum();
-        let mut ids = Vec::with_capacity(total);
-        let mut has_lp = false;
-        let mut has_mask = false;
+        let mut segments = Vec::with_capacity(w.segs.len());
+        let mut token_count = 0;
         let mut length = 0;
         for s in &w.segs {
             let n = self.node(s.node);
             if s.ntokens > 0 {
-                ids.extend_from_slice(&n.ids[..s.ntokens]);
-                has_lp |= n.logprobs.is_some();
-                has_mask |= n.loss_mask.is_some();
+                segments.push(Segment {
+                    ids: Arc::clone(&n.ids),
+                    logprobs: n.logprobs.clone(),
+                    loss_mask: n.loss_mask.clone(),
+                    n: s.ntokens,
+                });
+                token_count += s.ntokens;
                 length = n.ends[s.ntokens - 1];
             }
         }
-        let logprobs = has_lp.then(|| {
-            let mut v = Vec::with_capacity(total);
-            for s in &w.segs {
-                match &self.node(s.node).logprobs {
-                    Some(lp) => v.extend_from_slice(&lp[..s.ntokens]),
-                    None => v.resize(v.len() + s.ntokens, 0.0),
-                }
-            }
-            v
-        });
-        let loss_mask = has_mask.then(|| {
-            let mut v = Vec::with_capacity(total);
-            for s in &w.segs {
-                match &self.node(s.node).loss_mask {
-                    Some(m) => v.extend_from_slice(&m[..s.ntokens]),
-                    None => v.resize(v.len() + s.ntokens, 0),
-                }
-            }
-            v
-        });
         // Each worker's deepest node on the path decides how much of the text it holds.
         let mut held: Vec<(u32, u32)> = Vec::new();
         for s in &w.segs {
@@ -266,10 +256,9 @@ impl Tree {
         let m = Match {
             length: length as usize,
             matched_chars: w.matched_chars as usize,
-            ids,
-            logprobs,
-            loss_mask,
             workers,
+            segments,
+            token_count,
         };
         (m, w.matched_bytes)
     }
@@ -337,7 +326,9 @@ impl Tree {
             if agree {
                 let n = self.node(id);
                 let m = n.ids.len();
-                if k + m <= t.ids.len() && *n.ids == t.ids[k..k + m] && *n.ends == t.ends[k..k + m]
+                if k + m <= t.ids.len()
+                    && n.ids[..] == t.ids[k..k + m]
+                    && *n.ends == t.ends[k..k + m]
                 {
                     k += m;
                 } else {
@@ -383,10 +374,13 @@ impl Tree {
         let w0 = n.weight();
         let old = n.ids.len();
         let added = t.ids.len() - k;
-        n.ids = [&n.ids[..], &t.ids[k..]].concat().into();
+        n.ids = IdArray::arc([&n.ids[..], &t.ids[k..]].concat());
         n.ends = [&n.ends[..], &t.ends[k..]].concat().into();
         if n.logprobs.is_some() || t.logprobs.is_some() {
-            let mut v = n.logprobs.take().map_or_else(|| vec![0.0; old], Vec::from);
+            let mut v = n
+                .logprobs
+                .take()
+                .map_or_else(|| vec![0.0; old], |a| a.to_vec());
             match t.logprobs {
                 Some(lp) => v.extend_from_slice(&lp[k..]),
                 None => v.resize(old + added, 0.0),
@@ -394,7 +388,10 @@ impl Tree {
             n.logprobs = Some(v.into());
         }
         if n.loss_mask.is_some() || t.loss_mask.is_some() {
-            let mut v = n.loss_mask.take().map_or_else(|| vec![0; old], Vec::from);
+            let mut v = n
+                .loss_mask
+                .take()
+                .map_or_else(|| vec![0; old], |a| a.to_vec());
             match t.loss_mask {
                 Some(m) => v.extend_from_slice(&m[k..]),
                 None => v.resize(old + added, 0),
@@ -435,7 +432,7 @@ impl Tree {
             pins: 0,
             tick: AtomicU64::new(xn.tick.load(Relaxed)),
             children: vec![(lo.chars().next().unwrap_or('\0'), x)],
-            ids: ids[..k].into(),
+            ids: IdArray::arc(&ids[..k]),
             ends: ends[..k].into(),
             logprobs: lp.as_ref().map(|v| v[..k].into()),
             loss_mask: mask.as_ref().map(|v| v[..k].into()),
@@ -445,7 +442,7 @@ impl Tree {
         xn.start = at;
         xn.nchars -= c;
         xn.ascii = lo.is_ascii();
-        xn.ids = ids[k..].into();
+        xn.ids = IdArray::arc(&ids[k..]);
         xn.ends = ends[k..].into();
         xn.logprobs = lp.map(|v| v[k..].into());
         xn.loss_mask = mask.map(|v| v[k..].into());

@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple, PyType};
 
-use crate::cache::{ids_json_len, write_ids_json, Error, Match, PrefixCache, Tokens};
+use crate::cache::{json_len, write_json, Error, Match, PrefixCache, Tokens};
 
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
@@ -293,27 +293,27 @@ impl PyPrefixMatch {
 
     #[getter]
     fn token_count(&self) -> usize {
-        self.m.ids.len()
+        self.m.token_count()
     }
 
     #[getter]
     fn token_ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(py, &self.m.ids)
+        PyList::new(py, self.m.id_parts().flatten())
     }
 
     #[getter]
     fn logprobs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        match &self.m.logprobs {
+        match self.m.logprobs() {
             Some(v) => PyList::new(py, v.iter().map(|&x| f64::from(x))),
-            None => PyList::new(py, std::iter::repeat(0.0f64).take(self.m.ids.len())),
+            None => PyList::new(py, std::iter::repeat(0.0f64).take(self.m.token_count())),
         }
     }
 
     #[getter]
     fn loss_mask<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        match &self.m.loss_mask {
+        match self.m.loss_mask() {
             Some(v) => PyList::new(py, v),
-            None => PyList::new(py, std::iter::repeat(0u8).take(self.m.ids.len())),
+            None => PyList::new(py, std::iter::repeat(0u8).take(self.m.token_count())),
         }
     }
 
@@ -328,19 +328,23 @@ impl PyPrefixMatch {
 
     /// The ids as a JSON array, e.g. ``b"[1,2,3]"``.
     fn ids_json<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let ids = &self.m.ids;
-        PyBytes::new_with(py, ids_json_len(ids), |buf| {
-            write_ids_json(ids, buf);
+        let parts = self.m.json_parts();
+        PyBytes::new_with(py, json_len(parts.iter().copied()), |buf| {
+            write_json(parts, buf);
             Ok(())
         })
     }
 
     /// The ids as native-endian uint32 bytes (``memoryview(b).cast("I")``, ``numpy.frombuffer(b, "u4")``).
     fn ids_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let ids = &self.m.ids;
-        PyBytes::new_with(py, ids.len() * 4, |buf| {
-            for (dst, id) in buf.chunks_exact_mut(4).zip(ids) {
-                dst.copy_from_slice(&id.to_ne_bytes());
+        PyBytes::new_with(py, self.m.token_count() * 4, |buf| {
+            let mut at = 0;
+            for part in self.m.id_parts() {
+                let dst = &mut buf[at..at + part.len() * 4];
+                for (d, id) in dst.chunks_exact_mut(4).zip(part) {
+                    d.copy_from_slice(&id.to_ne_bytes());
+                }
+                at += part.len() * 4;
             }
             Ok(())
         })
@@ -353,7 +357,7 @@ impl PyPrefixMatch {
     }
 
     fn __len__(&self) -> usize {
-        self.m.ids.len()
+        self.m.token_count()
     }
 
     fn __repr__(&self) -> String {
@@ -361,7 +365,7 @@ impl PyPrefixMatch {
             "PrefixMatch(length={}, matched_chars={}, token_count={}, workers={:?})",
             self.m.length,
             self.m.matched_chars,
-            self.m.ids.len(),
+            self.m.token_count(),
             self.m
                 .workers
                 .iter()
