@@ -10,10 +10,11 @@ turn by turn (8 turns), ~4.5 characters per token with some non-ASCII letters.
 
 Baselines, written here for the comparison (not copies of either project):
 - ``SglangStyleTree``: SGLang's RadixCache design: token-id keys, children in a dict keyed by
-  the first token, nodes split on partial match; the prefix compare as a per-token loop (older
-  SGLang) or by slices (``chunked``, closer to recent versions).
-- ``SlimeStyleTree``: slime's text tree design: text keys, children scanned as a list,
-  token ids / logprobs / loss masks per node, no node splitting.
+  the first token, nodes split on partial match, per-node values concatenated at the end; the
+  prefix compare as a per-token loop (older SGLang) or by list slices (``chunked``, faster).
+- ``SlimeStyleTree``: slime's text tree design: text keys, every child of a node scanned with
+  ``startswith`` (longest wins), no node splitting, ids / logprobs / loss masks per node
+  returned as three lists, one lock around each operation.
 
 Run: make build-prod && .venv/bin/python -m pytest benches/bench_cache.py --benchmark-only
 """
@@ -25,6 +26,8 @@ import random
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -91,60 +94,67 @@ def match_chunked(a: list[int], b: list[int]) -> int:
 
 
 class SgNode:
-    __slots__ = ("children", "key", "parent", "last_access")
+    __slots__ = ("children", "key", "value", "parent", "last_access")
 
     def __init__(self, key: list[int], parent: SgNode | None) -> None:
         self.key = key
+        self.value = key  # SGLang keeps KV indices here; the ids stand in for them
         self.parent = parent
         self.children: dict[int, SgNode] = {}
-        self.last_access = 0
+        self.last_access = 0.0
 
 
 class SglangStyleTree:
+    """Token-keyed radix tree: dict children by first token, split on partial match."""
+
     def __init__(self, chunked: bool) -> None:
         self.root = SgNode([], None)
         self.key_match = match_chunked if chunked else match_loop
-        self.clock = 0
 
     def _split(self, child: SgNode, n: int) -> SgNode:
         parent = child.parent
         assert parent is not None
         new = SgNode(child.key[:n], parent)
         new.children = {child.key[n]: child}
+        new.last_access = child.last_access
         parent.children[child.key[0]] = new
-        child.key = child.key[n:]
+        child.key = child.value = child.key[n:]
         child.parent = new
         return new
 
     def match(self, key: list[int]) -> list[int]:
-        self.clock += 1
-        node, out = self.root, []
+        now = time.monotonic()
+        node, values = self.root, []
         while key:
             child = node.children.get(key[0])
             if child is None:
                 break
-            child.last_access = self.clock
+            child.last_access = now
             n = self.key_match(child.key, key)
             if n < len(child.key):
-                out.extend(child.key[:n])
+                values.append(self._split(child, n).value)
                 break
-            out.extend(child.key)
+            values.append(child.value)
             node, key = child, key[n:]
+        out: list[int] = []
+        for v in values:
+            out += v
         return out
 
     def insert(self, key: list[int]) -> None:
-        self.clock += 1
+        now = time.monotonic()
         node = self.root
         while key:
             child = node.children.get(key[0])
             if child is None:
                 leaf = SgNode(key, node)
+                leaf.last_access = now
                 node.children[key[0]] = leaf
                 return
             n = self.key_match(child.key, key)
             if n < len(child.key):
                 child = self._split(child, n)
-            child.last_access = self.clock
+            child.last_access = now
             node, key = child, key[n:]
 
 
@@ -152,43 +162,74 @@ class SglangStyleTree:
 
 
 class SlNode:
-    __slots__ = ("children", "text", "ids", "logprobs", "loss_mask")
+    __slots__ = ("children", "parent", "text", "ids", "logprobs", "loss_mask", "last_access")
 
     def __init__(self, text: str, ids: list[int], logprobs: list[float], loss_mask: list[int]) -> None:
         self.text, self.ids, self.logprobs, self.loss_mask = text, ids, logprobs, loss_mask
         self.children: list[SlNode] = []
+        self.parent: SlNode | None = None
+        self.last_access = 0.0
 
 
 class SlimeStyleTree:
+    """Text-keyed tree: children scanned as a list (longest full-edge prefix wins), no node
+    splitting, ids / logprobs / loss masks per node, one lock around every operation."""
+
     def __init__(self) -> None:
         self.root = SlNode("", [], [], [])
+        self.lock = threading.RLock()
+        self.hits = self.misses = 0
 
-    def match(self, text: str) -> list[int]:
-        node, out, pos = self.root, [], 0
-        while True:
-            for child in node.children:
-                if text.startswith(child.text, pos):
-                    out.extend(child.ids)
-                    pos += len(child.text)
-                    node = child
-                    break
-            else:
-                return out
+    def _best_child(self, node: SlNode, rest: str) -> SlNode | None:
+        best, best_len = None, 0
+        for child in node.children:
+            if rest.startswith(child.text) and len(child.text) > best_len:
+                best, best_len = child, len(child.text)
+        return best
 
-    def insert(self, text: str, ids: list[int], ends: list[int]) -> None:
-        node, pos, k = self.root, 0, 0
-        while True:
-            for child in node.children:
-                if text.startswith(child.text, pos):
-                    pos += len(child.text)
-                    k += len(child.ids)
-                    node = child
+    def match(self, text: str) -> tuple[list[int], list[float], list[int]]:
+        with self.lock:
+            ids: list[int] = []
+            lps: list[float] = []
+            mask: list[int] = []
+            matched = ""
+            node, rest = self.root, text
+            while rest:
+                best = self._best_child(node, rest)
+                if best is None:
                     break
-            else:
-                break
-        if pos < len(text):
-            n = len(ids) - k
-            node.children.append(SlNode(text[pos:], ids[k:], [0.0] * n, [0] * n))
+                best.last_access = time.monotonic()
+                node = best
+                matched += best.text
+                rest = rest[len(best.text) :]
+                if best.ids:
+                    ids.extend(best.ids)
+                    lps.extend(best.logprobs)
+                    mask.extend(best.loss_mask)
+                    self.hits += 1
+            if not ids:
+                self.misses += 1
+            return ids, lps, mask
+
+    def insert(self, text: str, ids: list[int], logprobs=None, loss_mask=None) -> None:
+        with self.lock:
+            n = len(ids)
+            r_ids = ids[:]
+            r_lps = list(logprobs) if logprobs is not None else [0.0] * n
+            r_mask = list(loss_mask) if loss_mask is not None else [0] * n
+            node, rest = self.root, text
+            while rest:
+                best = self._best_child(node, rest)
+                if best is None:
+                    new = SlNode(rest, r_ids, r_lps, r_mask)
+                    new.parent = node
+                    new.last_access = time.monotonic()
+                    node.children.append(new)
+                    return
+                node = best
+                rest = rest[len(best.text) :]
+                k = len(best.ids)
+                r_ids, r_lps, r_mask = r_ids[k:], r_lps[k:], r_mask[k:]
 
 
 # ---- fixtures ------------------------------------------------------------------------------
@@ -205,14 +246,14 @@ def workload():
             cache.insert(part.text, part.ids, part.ends, worker="worker-1")
             sg_loop.insert(part.ids)
             sg_chunked.insert(part.ids)
-            slime.insert(part.text, part.ids, part.ends)
+            slime.insert(part.text, part.ids)
     suffix = " <|im_start|>user\nand now?"
     query = convs[0].text + suffix
     query_ids = convs[0].ids + [151_644, 872, 198, 437, 1431, 30]
     want = convs[0].ids
     assert cache.match(query).token_ids == want
     assert sg_loop.match(query_ids) == want == sg_chunked.match(query_ids)
-    assert slime.match(query) == want
+    assert slime.match(query)[0] == want
     return {
         "convs": convs,
         "cache": cache,
@@ -270,7 +311,7 @@ def test_match_sglang_style_chunked(benchmark, workload) -> None:
 @pytest.mark.benchmark(group="match-4000")
 def test_match_slime_style(benchmark, workload) -> None:
     tree, q = workload["slime"], workload["query"]
-    assert len(benchmark(tree.match, q)) == 4_000
+    assert len(benchmark(tree.match, q)[0]) == 4_000
 
 
 # ---- insert --------------------------------------------------------------------------------
@@ -336,10 +377,10 @@ def test_insert_slime_style(benchmark, workload) -> None:
 
     def setup():
         tree = SlimeStyleTree()
-        tree.insert(p.text, p.ids, p.ends)
+        tree.insert(p.text, p.ids)
         return (tree,), {}
 
-    benchmark.pedantic(lambda t: t.insert(s.text, s.ids, s.ends), setup=setup, rounds=ROUNDS)
+    benchmark.pedantic(lambda t: t.insert(s.text, s.ids), setup=setup, rounds=ROUNDS)
 
 
 # ---- memory --------------------------------------------------------------------------------
@@ -348,7 +389,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     """
     import gc, json, random, sys
     sys.path.insert(0, sys.argv[1])
-    from bench_cache import SlimeStyleTree, SlNode, extend
+    from bench_cache import SlimeStyleTree, extend
     from radixrouter import PrefixCache
 
     def rss():
@@ -369,7 +410,7 @@ MEMORY_SCRIPT = textwrap.dedent(
         if kind == "radixrouter":
             store.insert(text, ids, ends, logprobs=lps, loss_mask=mask)
         else:
-            store.root.children.append(SlNode(text, ids, lps, mask))
+            store.insert(text, ids, lps, mask)
         total += len(ids)
         del ids, ends, text, lps, mask
     gc.collect()

@@ -121,6 +121,8 @@ def test_real_tokenizer_offsets() -> None:
         ([1], [-1], {}, "not in 0..2\\*\\*32"),
         ([-1], [5], {}, "not in 0..2\\*\\*32"),
         ([2**32], [5], {}, "not in 0..2\\*\\*32"),
+        ([1, 2**64 - 1], [2, 5], {}, "token_ids\\[1\\] = 18446744073709551615 is not in"),
+        ([1, 2**70], [2, 5], {}, "not in 0..2\\*\\*32"),
         ([1], [5], {"logprobs": [0.0, 1.0]}, "logprobs has 2 items"),
         ([1], [5], {"loss_mask": []}, "loss_mask has 0 items"),
         ([1], [5], {"loss_mask": [2]}, "must be 0 or 1"),
@@ -155,7 +157,8 @@ def test_id_inputs_lists_tuples_arrays_bytes_iterables() -> None:
     c.insert("c", array.array("I", [9]).tobytes(), iter([1]))
     c.insert("d", memoryview(array.array("I", [10])), [1])
     c.insert("e", array.array("q", [11]), [1])  # other typecodes: item by item
-    assert [c.match(t).token_ids for t in "abcde"] == [[7], [8], [9], [10], [11]]
+    c.insert("f", [2**32 - 1], [1])  # the largest id (also the C error value of the fast path)
+    assert [c.match(t).token_ids for t in "abcdef"] == [[7], [8], [9], [10], [11], [2**32 - 1]]
 
 
 def test_existing_tokenization_wins_and_never_corrupts() -> None:

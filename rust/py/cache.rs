@@ -1,8 +1,10 @@
 //! Python bindings for the prefix cache: `PrefixCache`, `PrefixMatch`, `PrefixPin`.
 
+use std::os::raw::c_ulong;
 use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple, PyType};
@@ -57,14 +59,43 @@ fn u32s_from_bytes(what: &str, b: &[u8]) -> PyResult<Vec<u32>> {
         .collect())
 }
 
+/// The hot path for `list[int]`: read each item as a C unsigned long without creating an
+/// owned reference; anything unusual (non-int items, errors) goes through `u32_item`.
+fn list_u32s(what: &str, list: &Bound<'_, PyList>) -> PyResult<Vec<u32>> {
+    let py = list.py();
+    let n = list.len();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        // SAFETY: `list` is a live list for the whole loop. PyList_GetItem returns a borrowed
+        // reference (or NULL with an exception set when out of range). PyLong_AsUnsignedLong
+        // runs no Python code (it reads int objects and raises TypeError for anything else),
+        // so the list cannot change under us while the reference is used. This module is
+        // built for the stable ABI, which always has a GIL.
+        let v = unsafe {
+            let item = ffi::PyList_GetItem(list.as_ptr(), i as ffi::Py_ssize_t);
+            if item.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            ffi::PyLong_AsUnsignedLong(item)
+        };
+        match u32::try_from(v) {
+            Ok(v) => out.push(v),
+            Err(_) => {
+                // Out of range, negative, or not an int: let the slow path decide and explain.
+                if v == c_ulong::MAX {
+                    PyErr::take(py);
+                }
+                out.push(u32_item(what, i, &list.get_item(i)?)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A list / tuple / iterable of ints, bytes holding native u32, or an `array('I')` / memoryview of format 'I'.
 fn extract_u32s(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
     if let Ok(list) = obj.cast::<PyList>() {
-        let mut out = Vec::with_capacity(list.len());
-        for (i, item) in list.iter().enumerate() {
-            out.push(u32_item(what, i, &item)?);
-        }
-        return Ok(out);
+        return list_u32s(what, list);
     }
     if let Ok(t) = obj.cast::<PyTuple>() {
         let mut out = Vec::with_capacity(t.len());
