@@ -323,3 +323,31 @@ def test_threaded_stress_no_deadlock_and_consistent() -> None:
     assert s["charged"] <= 500
     assert s["pins"] == 1
     pin.release()
+
+
+def test_long_texts_run_detached_from_python() -> None:
+    # Texts past 256 KiB are processed with the thread detached; other threads keep running.
+    c = PrefixCache()
+    text = "".join(f"{i:07d} é " for i in range(40_000))  # 400,000 characters, ~440 KB
+    ends = list(range(10, len(text) + 1, 10))
+    ids = list(range(len(ends)))
+    stop = threading.Event()
+    ticks = []
+
+    def other() -> None:
+        while not stop.is_set():
+            ticks.append(c.match("0000001").length)
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        for _ in range(5):
+            c.insert(text, ids, ends, worker="w")
+            m = c.match(text + "!")
+            assert (m.length, m.token_count, m.workers) == (len(text), len(ids), {"w": len(text)})
+            with c.pin(text) as p:
+                assert p.matched_chars == len(text)
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert ticks and set(ticks) == {0}
