@@ -440,9 +440,8 @@ class Engine:
                 seq.logprobs.append([_logprob(t, len(seq.out)), t, None])
             if t in seq.stop_ids and len(seq.out) > sp.min_new_tokens - 1:
                 seq.finish = {"type": "stop", "matched": t}
-                if sp.no_stop_trim or not sp.skip_special_tokens:
-                    if not (sp.skip_special_tokens and tok.is_special(t)):
-                        seq.text += tok.piece(t)
+                if sp.no_stop_trim and not (sp.skip_special_tokens and tok.is_special(t)):
+                    seq.text += tok.piece(t)  # kept only with no_stop_trim (and visible)
                 break
             if sp.skip_special_tokens and tok.is_special(t):
                 piece = ""
