@@ -160,15 +160,13 @@ class ChatTokenizer:
         self._tok = tokenizer
         self.name = name
 
-        # Special tokens: template variables (transformers' special_tokens_map, None values left out).
+        # Special tokens: template variables, as transformers' special_tokens_map (named tokens set in the
+        # config; additional special tokens are not template variables since transformers 5).
         special: dict[str, Any] = {}
         for key in _SPECIAL_TOKEN_KEYS:
             content = _token_content(config.get(key))
             if content is not None:
                 special[key] = content
-        extra = config.get("additional_special_tokens")
-        if isinstance(extra, list):
-            special["additional_special_tokens"] = [c for c in map(_token_content, extra) if c is not None]
         self.special_tokens: dict[str, Any] = special
         self.bos_token = special.get("bos_token")
         self.eos_token = special.get("eos_token")
@@ -207,8 +205,8 @@ class ChatTokenizer:
                 if isinstance(entry, Mapping) and isinstance(entry.get("name"), str) \
                         and isinstance(entry.get("template"), str):
                     named[entry["name"]] = entry["template"]
-            if "default" not in named:
-                raise TemplateError("the list of chat templates has no 'default' template")
+            if not named:
+                raise TemplateError("the list of chat templates has no named template")
             templates = named
         elif isinstance(chat_template, str):
             templates = {"default": chat_template}
@@ -293,15 +291,17 @@ class ChatTokenizer:
 
     @property
     def has_chat_template(self) -> bool:
-        return self.chat_template is not None
+        return bool(self._content_parts)
 
     def render(self, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Any] | None = None,
                add_generation_prompt: bool = True, **kwargs: Any) -> str:
         """Render ``messages`` (and ``tools``) with the chat template, as transformers'
         ``apply_chat_template(..., tokenize=False)`` does. Raises TemplateError."""
-        if self.chat_template is None:
-            raise TemplateError("this model has no chat template (give one with --chat-template)")
-        name = "tool_use" if tools and self._has_tool_template else "default"
+        name = "tool_use" if tools is not None and self._has_tool_template else "default"
+        if name not in self._content_parts:
+            if not self._content_parts:
+                raise TemplateError("this model has no chat template (give one with --chat-template)")
+            raise TemplateError(f"this model has no {name!r} chat template")
         msgs = _normalize_messages(messages, self._content_parts[name])
         context = dict(self.special_tokens)
         context.update(kwargs)
@@ -385,41 +385,45 @@ def _describe(e: minijinja.TemplateError) -> str:
 
 
 def _normalize_messages(messages: Sequence[Mapping[str, Any]], content_parts: bool) -> list[Any]:
-    """SGLang's message preprocessing (see the module docstring); messages are copied only if changed."""
+    """Message preprocessing (see the module docstring); messages are copied only if changed."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise TemplateError("messages must be a list of message objects")
     out: list[Any] = []
     append = out.append
     for i, msg in enumerate(messages):
-        content = msg.get("content") if isinstance(msg, dict) else _message_content(msg, i)
-        if content.__class__ is str and not msg.get("tool_calls"):
+        if not isinstance(msg, Mapping):
+            raise TemplateError(f"messages[{i}] must be an object")
+        content = msg.get("content")
+        if (content.__class__ is str and "tool_calls" not in msg and "reasoning_content" not in msg
+                and "reasoning" not in msg and "thinking" not in msg and None not in msg.values()):
             append(msg)  # the common case: nothing to change
             continue
-        new: dict[str, Any] | None = None
+        # As transformers does: keys set to None are dropped (templates handle a missing key better).
+        new = {k: v for k, v in msg.items() if v is not None}
         if not content_parts:
             if content is None:
-                new = dict(msg)
                 new["content"] = ""
             elif isinstance(content, list):
-                new = dict(msg)
                 new["content"] = _join_text_parts(content, i)
         elif isinstance(content, list):
             _join_text_parts(content, i)  # validation only: text parts are all this router serves
-        calls = msg.get("tool_calls")
+        calls = new.get("tool_calls")
         if calls:
             fixed = _parse_tool_call_arguments(calls)
             if fixed is not None:
-                if new is None:
-                    new = dict(msg)
                 new["tool_calls"] = fixed
-        append(msg if new is None else new)
+        # As transformers does: reasoning given under any of its names is passed as `reasoning_content`
+        # (what templates read) and as `thinking`.
+        for key in _REASONING_FIELDS:
+            reasoning = new.get(key)
+            if reasoning is not None:
+                new = {"thinking": reasoning, **new, "reasoning_content": reasoning}
+                break
+        append(new)
     return out
 
 
-def _message_content(msg: Any, index: int) -> Any:
-    if not isinstance(msg, Mapping):
-        raise TemplateError(f"messages[{index}] must be an object")
-    return msg.get("content")
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
 
 def _join_text_parts(parts: list[Any], index: int) -> str:
