@@ -69,7 +69,7 @@ def test_any_chunking_equals_one_shot(case, cuts):
     fmt, in_reasoning, text, _, _ = case
     cuts = sorted(set(c for c in cuts if c < len(text)))
     bounds = [0, *cuts, len(text)]
-    chunks = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    chunks = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
     assert run(fmt, in_reasoning, chunks) == parse_reasoning(text, fmt, in_reasoning=in_reasoning)
 
 
@@ -84,7 +84,7 @@ def test_generated_blocks(reasoning, content, cuts):
     assert parse_reasoning(text, "qwen3") == expected
     cuts = sorted(set(c for c in cuts if c < len(text)))
     bounds = [0, *cuts, len(text)]
-    assert run("qwen3", None, [text[a:b] for a, b in zip(bounds, bounds[1:])]) == expected
+    assert run("qwen3", None, [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]) == expected
 
 
 def test_reasoning_streams_before_the_block_ends():

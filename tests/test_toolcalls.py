@@ -138,7 +138,7 @@ def calls_summary(calls):
 def split(text, cuts):
     cuts = sorted(set(c for c in cuts if 0 < c < len(text)))
     bounds = [0, *cuts, len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def check_fragments(pieces, fmt="hermes"):

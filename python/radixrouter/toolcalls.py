@@ -698,6 +698,7 @@ class ToolCallParser:
             if self._kind == _ARGS_ONLY:
                 start = 0
             else:
+                key: str | None
                 if sc.key in _ARG_KEYS and sc.val_start >= 0:
                     key, start = sc.key, sc.val_start
                 else:
@@ -1030,7 +1031,7 @@ class OutputParser:
     def _route(self, pieces: list[dict[str, str]], final: bool) -> dict[str, Any]:
         tools = self.tools
         if tools is None:
-            out: list[Mapping[str, Any]] = pieces
+            out: list[Mapping[str, Any]] = list(pieces)
         else:
             out = []
             for piece in pieces:
@@ -1041,6 +1042,8 @@ class OutputParser:
                     out.extend(tools.feed(text))
             if final:
                 out.extend(tools.finish())
+        if len(out) == 1 and "tool_calls" not in out[0]:
+            return dict(out[0])  # the common case: one text piece
         return merge_deltas(out)
 
     def feed(self, delta: str) -> dict[str, Any]:
