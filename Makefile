@@ -71,3 +71,7 @@ wheel-check: ## `pip install .` into a fresh virtualenv and import the package f
 .PHONY: clean
 clean: ## remove build products and the virtualenv
 	rm -rf target $(VENV) .pytest_cache .hypothesis .benchmarks
+
+.PHONY: demo
+demo: build-dev ## two simulated workers + the router, a streamed multi-turn chat through the openai client
+	$(BIN)/radixrouter demo
