@@ -41,12 +41,19 @@ class ModelPrefixCache:
     def insert(self, text, token_ids, token_ends, *, logprobs=None, loss_mask=None, worker=None) -> None:
         ids, ends = list(token_ids), list(token_ends)
         n = len(ids)
-        if len(ends) != n or (logprobs is not None and len(logprobs) != n) or (
-                loss_mask is not None and len(loss_mask) != n):
+        if (
+            len(ends) != n
+            or (logprobs is not None and len(logprobs) != n)
+            or (loss_mask is not None and len(loss_mask) != n)
+        ):
             raise ValueError("mismatched lengths")
-        if ends and (ends[-1] != len(text) or any(a > b for a, b in zip(ends, ends[1:], strict=False)) or ends[0] < 0):
+        if ends and (
+            ends[-1] != len(text) or any(a > b for a, b in zip(ends, ends[1:], strict=False)) or ends[0] < 0
+        ):
             raise ValueError("bad offsets")
-        self.entries.append((text, ids, ends, list(logprobs or [0.0] * n), list(loss_mask or [0] * n), worker))
+        self.entries.append(
+            (text, ids, ends, list(logprobs or [0.0] * n), list(loss_mask or [0] * n), worker)
+        )
 
     def match(self, text: str) -> _ModelMatch:
         best = (0, -1)
@@ -94,7 +101,7 @@ def worker_ids(tok: ChatTokenizer, text: str, *, canonical: bool, eos: bool = Tr
     else:
         ids = []
         for i in range(0, len(text), 3):
-            ids += tok.encode(text[i:i + 3])
+            ids += tok.encode(text[i : i + 3])
     assert tok.decode(ids, skip_special_tokens=False) == text
     return ids + ([IM_END] if eos else [])
 
@@ -126,7 +133,9 @@ def test_multi_turn_equals_full_tokenization(builder, qwen) -> None:
     messages = [{"role": "system", "content": "You are a helpful assistant."}]
     previous: Prompt | None = None
     for turn in range(8):
-        messages.append({"role": "user", "content": f"Question {turn}: what is {turn} + {turn}? Explain  briefly.\n"})
+        messages.append(
+            {"role": "user", "content": f"Question {turn}: what is {turn} + {turn}? Explain  briefly.\n"}
+        )
         reply = f"{turn} + {turn} = {2 * turn}. Adding a number to itself doubles it{'!' * turn}"
         prompt = chat(builder, messages, reply, worker_ids(qwen, reply, canonical=True))
         assert prompt.ids == qwen.encode(prompt.text)
@@ -148,7 +157,7 @@ def test_worker_ids_come_back_exactly(builder, qwen) -> None:
     long_reply = "Sure: hello world, hello world, and hello to the whole wide world."
     long_ids = worker_ids(qwen, long_reply, canonical=False)
     p2 = chat(builder, messages, long_reply, long_ids)
-    rest = p2.text[len(p1.text) + len("hello world<|im_end|>"):]
+    rest = p2.text[len(p1.text) + len("hello world<|im_end|>") :]
     assert rest.startswith("\n<|im_start|>user\nAgain")
     assert p2.ids == p1.ids + sampled + [IM_END] + qwen.encode(rest)
     assert p2.ids != qwen.encode(p2.text)  # the test means something: a re-tokenization differs
@@ -156,7 +165,7 @@ def test_worker_ids_come_back_exactly(builder, qwen) -> None:
     # One turn later both generated spans are still the worker's.
     messages.append({"role": "user", "content": "Thanks"})
     p3 = builder.tokenize(qwen.render(messages))
-    rest3 = p3.text[len(p2.text) + len(long_reply) + len("<|im_end|>"):]
+    rest3 = p3.text[len(p2.text) + len(long_reply) + len("<|im_end|>") :]
     assert p3.ids == p2.ids + long_ids + qwen.encode(rest3)
 
 
@@ -167,7 +176,7 @@ def test_length_stop_without_eos_keeps_worker_ids(builder, qwen) -> None:
     messages.append({"role": "user", "content": "go on"})
     p2 = builder.tokenize(qwen.render(messages))
     # The template closes the turn with <|im_end|>; the seam right after the worker's ids is kept.
-    rest = p2.text[len(p1.text) + len("one two thr"):]
+    rest = p2.text[len(p1.text) + len("one two thr") :]
     assert rest.startswith("<|im_end|>\n<|im_start|>user")
     assert p2.ids == p1.ids + cut + qwen.encode(rest)
 
@@ -235,10 +244,10 @@ def test_loss_mask_and_logprobs(builder, qwen, cache) -> None:
     assert m2.token_ids == p2.ids + out2
     k1 = len(p1.ids)
     # The first answer keeps its mask and logprobs inside the second turn's prompt.
-    assert m2.loss_mask[k1:k1 + len(out1)] == [1] * len(out1)
-    assert m2.logprobs[k1:k1 + len(out1)] == pytest.approx(lp1)
+    assert m2.loss_mask[k1 : k1 + len(out1)] == [1] * len(out1)
+    assert m2.logprobs[k1 : k1 + len(out1)] == pytest.approx(lp1)
     assert sum(m2.loss_mask) == len(out1) + len(out2)
-    assert m2.logprobs[-len(out2):] == pytest.approx([-1.0] * len(out2))
+    assert m2.logprobs[-len(out2) :] == pytest.approx([-1.0] * len(out2))
     with pytest.raises(ValueError, match="logprobs"):
         builder.record(p2, "bye", out2, output_logprobs=[0.0])
 
@@ -273,11 +282,31 @@ def test_shared_system_prompt_is_reused_by_other_conversations(builder, qwen) ->
 
 
 def _turns():
-    words = st.sampled_from(["hello", " world", "\n", "\n\n", "  ", "é", "😀", "<think>", "</think>", "x", "123",
-                             "<|im_end|>", ".", " the", "ly"])
+    words = st.sampled_from(
+        [
+            "hello",
+            " world",
+            "\n",
+            "\n\n",
+            "  ",
+            "é",
+            "😀",
+            "<think>",
+            "</think>",
+            "x",
+            "123",
+            "<|im_end|>",
+            ".",
+            " the",
+            "ly",
+        ]
+    )
     text = st.lists(words, min_size=1, max_size=8).map("".join)
-    return st.lists(st.tuples(text, text, st.booleans(), st.sampled_from(["eos", "length", "none"])),
-                    min_size=1, max_size=5)
+    return st.lists(
+        st.tuples(text, text, st.booleans(), st.sampled_from(["eos", "length", "none"])),
+        min_size=1,
+        max_size=5,
+    )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -301,7 +330,7 @@ def test_property_ids_always_spell_the_prompt(qwen, make_cache, turns) -> None:
             prev, prev_reply, prev_out, prev_eos = previous
             if text.startswith(prev.text + prev_reply + "<|im_end|>"):  # the history was kept verbatim
                 verbatim += 1
-                rest = text[len(prev.text) + len(prev_reply) + (len("<|im_end|>") if prev_eos else 0):]
+                rest = text[len(prev.text) + len(prev_reply) + (len("<|im_end|>") if prev_eos else 0) :]
                 assert p.ids == prev.ids + prev_out + qwen.encode(rest)
         out = worker_ids(qwen, reply, canonical=canonical, eos=stop == "eos")
         b.record(p, reply, out, finish_reason={"type": "length"} if stop == "length" else None)

@@ -174,8 +174,9 @@ def _j2_tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=Fa
 
 
 def _j2_env() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_GenerationBlock, jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, jinja2.ext.loopcontrols]
+    )
     env.filters["tojson"] = _j2_tojson
     env.globals["raise_exception"] = _j2_raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -191,8 +192,9 @@ def reference_render(tok: ChatTokenizer, source: str, messages, tools=None, add_
     msgs = _normalize_messages(messages, content_parts)
     context = {**tok.special_tokens, **kw}
     context.setdefault("documents", None)
-    return _J2.from_string(source).render(messages=msgs, tools=tools, add_generation_prompt=add_generation_prompt,
-                                          **context)
+    return _J2.from_string(source).render(
+        messages=msgs, tools=tools, add_generation_prompt=add_generation_prompt, **context
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -219,15 +221,22 @@ WEATHER_TOOL = {
     "type": "function",
     "function": {
         "name": "get_weather",
-        "description": "Current weather <in °C> & \"quoted\" for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"},
-                                                        "unit": {"enum": ["c", "f"]}},
-                       "required": ["city"]},
+        "description": 'Current weather <in °C> & "quoted" for a city',
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city"],
+        },
     },
 }
-SEARCH_TOOL = {"type": "function", "function": {"name": "search", "description": "Search the web",
-                                                "parameters": {"type": "object",
-                                                               "properties": {"q": {"type": "string"}}}}}
+SEARCH_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "description": "Search the web",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+    },
+}
 
 
 def _call(name: str, args, cid: str = "call_1") -> dict:
@@ -237,68 +246,170 @@ def _call(name: str, args, cid: str = "call_1") -> dict:
 # (name, messages, tools, kwargs)
 CASES: list[tuple[str, list[dict], list | None, dict]] = [
     ("single user", [{"role": "user", "content": "Hi"}], None, {}),
-    ("system + user", [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}], None, {}),
-    ("multi turn", [
-        {"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "Tell me a joke."},
-        {"role": "assistant", "content": "Why did the chicken cross the road?"}, {"role": "user", "content": "Why?"},
-    ], None, {}),
-    ("no generation prompt", [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}], None,
-     {"add_generation_prompt": False}),
-    ("thinking in history", [
-        {"role": "user", "content": "2+2?"},
-        {"role": "assistant", "content": "<think>\nSimple sum.\n</think>\n\n4"},
-        {"role": "user", "content": "and 3+3?"},
-    ], None, {}),
-    ("thinking after last query", [
-        {"role": "user", "content": "2+2?"},
-        {"role": "assistant", "content": "<think>\nSimple.\n</think>\n\n4"},
-    ], None, {"add_generation_prompt": False}),
-    ("reasoning_content field", [
-        {"role": "user", "content": "Q"},
-        {"role": "assistant", "content": "A", "reasoning_content": "because"},
-    ], None, {"add_generation_prompt": False}),
-    ("reasoning alias", [
-        {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A", "reasoning": "hmm"},
-    ], None, {"add_generation_prompt": False}),
+    (
+        "system + user",
+        [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}],
+        None,
+        {},
+    ),
+    (
+        "multi turn",
+        [
+            {"role": "system", "content": "Be nice."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello! How can I help?"},
+            {"role": "user", "content": "Tell me a joke."},
+            {"role": "assistant", "content": "Why did the chicken cross the road?"},
+            {"role": "user", "content": "Why?"},
+        ],
+        None,
+        {},
+    ),
+    (
+        "no generation prompt",
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}],
+        None,
+        {"add_generation_prompt": False},
+    ),
+    (
+        "thinking in history",
+        [
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "<think>\nSimple sum.\n</think>\n\n4"},
+            {"role": "user", "content": "and 3+3?"},
+        ],
+        None,
+        {},
+    ),
+    (
+        "thinking after last query",
+        [
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "<think>\nSimple.\n</think>\n\n4"},
+        ],
+        None,
+        {"add_generation_prompt": False},
+    ),
+    (
+        "reasoning_content field",
+        [
+            {"role": "user", "content": "Q"},
+            {"role": "assistant", "content": "A", "reasoning_content": "because"},
+        ],
+        None,
+        {"add_generation_prompt": False},
+    ),
+    (
+        "reasoning alias",
+        [
+            {"role": "user", "content": "Q"},
+            {"role": "assistant", "content": "A", "reasoning": "hmm"},
+        ],
+        None,
+        {"add_generation_prompt": False},
+    ),
     ("enable_thinking false", [{"role": "user", "content": "Hi"}], None, {"enable_thinking": False}),
     ("enable_thinking true", [{"role": "user", "content": "Hi"}], None, {"enable_thinking": True}),
-    ("tools, no call", [{"role": "system", "content": "Use tools."}, {"role": "user", "content": "Weather?"}],
-     [WEATHER_TOOL, SEARCH_TOOL], {}),
-    ("tool call and result", [
-        {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [_call("get_weather", '{"city":"Paris","unit":"c"}')]},
-        {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21, "sky": "clear"}'},
-    ], [WEATHER_TOOL], {}),
-    ("tool call with dict args and text", [
-        {"role": "system", "content": "sys"},
-        {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": "Let me check.", "tool_calls": [_call("get_weather", {"city": "Zürich"})]},
-        {"role": "tool", "content": "sunny"},
-        {"role": "assistant", "content": "It is sunny in Zürich."},
-        {"role": "user", "content": "Thanks"},
-    ], [WEATHER_TOOL], {}),
-    ("parallel tool calls, consecutive results", [
-        {"role": "user", "content": "Paris and Rome?"},
-        {"role": "assistant", "content": "", "tool_calls": [_call("get_weather", '{"city": "Paris"}', "a"),
-                                                            _call("get_weather", '{"city": "Rome"}', "b")]},
-        {"role": "tool", "tool_call_id": "a", "content": "20"},
-        {"role": "tool", "tool_call_id": "b", "content": "25"},
-    ], [WEATHER_TOOL], {}),
-    ("multi-part content", [
-        {"role": "system", "content": [{"type": "text", "text": "Part one."}, {"type": "text", "text": "Two"}]},
-        {"role": "user", "content": [{"type": "text", "text": "Describe"}, {"type": "text", "text": " this  "}]},
-    ], None, {}),
-    ("unicode, markup, whitespace", [
-        {"role": "system", "content": "  padded system  \n"},
-        {"role": "user", "content": "<b>bold</b> & \"quotes\" 'single' — ünïcödé 😀 中文\n\n  trailing  "},
-        {"role": "assistant", "content": "\n leading newline and tab\t"},
-        {"role": "user", "content": "<tool_response>\nlooks like a tool response\n</tool_response>"},
-    ], None, {}),
-    ("empty content", [{"role": "user", "content": ""}, {"role": "assistant", "content": ""},
-                       {"role": "user", "content": "again"}], None, {}),
-    ("kwargs passthrough", [{"role": "user", "content": "Hi"}], None,
-     {"default_system": "Injected default.", "date_string": "01 Jan 2026"}),
+    (
+        "tools, no call",
+        [{"role": "system", "content": "Use tools."}, {"role": "user", "content": "Weather?"}],
+        [WEATHER_TOOL, SEARCH_TOOL],
+        {},
+    ),
+    (
+        "tool call and result",
+        [
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [_call("get_weather", '{"city":"Paris","unit":"c"}')],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21, "sky": "clear"}'},
+        ],
+        [WEATHER_TOOL],
+        {},
+    ),
+    (
+        "tool call with dict args and text",
+        [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "Weather?"},
+            {
+                "role": "assistant",
+                "content": "Let me check.",
+                "tool_calls": [_call("get_weather", {"city": "Zürich"})],
+            },
+            {"role": "tool", "content": "sunny"},
+            {"role": "assistant", "content": "It is sunny in Zürich."},
+            {"role": "user", "content": "Thanks"},
+        ],
+        [WEATHER_TOOL],
+        {},
+    ),
+    (
+        "parallel tool calls, consecutive results",
+        [
+            {"role": "user", "content": "Paris and Rome?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    _call("get_weather", '{"city": "Paris"}', "a"),
+                    _call("get_weather", '{"city": "Rome"}', "b"),
+                ],
+            },
+            {"role": "tool", "tool_call_id": "a", "content": "20"},
+            {"role": "tool", "tool_call_id": "b", "content": "25"},
+        ],
+        [WEATHER_TOOL],
+        {},
+    ),
+    (
+        "multi-part content",
+        [
+            {
+                "role": "system",
+                "content": [{"type": "text", "text": "Part one."}, {"type": "text", "text": "Two"}],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Describe"}, {"type": "text", "text": " this  "}],
+            },
+        ],
+        None,
+        {},
+    ),
+    (
+        "unicode, markup, whitespace",
+        [
+            {"role": "system", "content": "  padded system  \n"},
+            {
+                "role": "user",
+                "content": "<b>bold</b> & \"quotes\" 'single' — ünïcödé 😀 中文\n\n  trailing  ",
+            },
+            {"role": "assistant", "content": "\n leading newline and tab\t"},
+            {"role": "user", "content": "<tool_response>\nlooks like a tool response\n</tool_response>"},
+        ],
+        None,
+        {},
+    ),
+    (
+        "empty content",
+        [
+            {"role": "user", "content": ""},
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": "again"},
+        ],
+        None,
+        {},
+    ),
+    (
+        "kwargs passthrough",
+        [{"role": "user", "content": "Hi"}],
+        None,
+        {"default_system": "Injected default.", "date_string": "01 Jan 2026"},
+    ),
 ]
 
 
@@ -335,46 +446,76 @@ def test_render_matches_jinja2(request, template, case) -> None:
 
 def test_fixture_templates_render_the_formats(chatml, llama3) -> None:
     msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": " Hi \n"}]
-    assert chatml.render(msgs) == "<|im_start|>system\nS\n<|im_end|>\n<|im_start|>user\n Hi \n<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        chatml.render(msgs)
+        == "<|im_start|>system\nS\n<|im_end|>\n<|im_start|>user\n Hi \n<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert llama3.render(msgs, date_string="1 Jan 2026") == (
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nToday Date: 1 Jan 2026\n\nS<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
     # strftime_now is a real clock.
     assert datetime.now().strftime("%d %b %Y") in llama3.render(msgs)
 
 
 def test_qwen3_render_known_output(qwen) -> None:
-    msgs = [{"role": "user", "content": "Weather?"},
-            {"role": "assistant", "content": None, "tool_calls": [_call("get_weather", '{"city":"Paris"}')]},
-            {"role": "tool", "content": "21"}]
+    msgs = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [_call("get_weather", '{"city":"Paris"}')]},
+        {"role": "tool", "content": "21"},
+    ]
     text = qwen.render(msgs, tools=[WEATHER_TOOL], enable_thinking=False)
     # HF tojson: no HTML escaping, non-ASCII kept, arguments re-serialized with json.dumps separators.
     assert '"description": "Current weather <in °C> & \\"quoted\\" for a city"' in text
-    assert ('<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
-            '</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n21\n</tool_response><|im_end|>\n') in text
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+        "</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n21\n</tool_response><|im_end|>\n"
+    ) in text
     assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
 
 
 def _conversations():
-    piece = st.sampled_from(list("ab xyz\n\t<>/&\"'{}é😀中") + ["<think>", "</think>", "<tool_response>",
-                                                              "</tool_response>", "<|im_end|>"])
+    piece = st.sampled_from(
+        list("ab xyz\n\t<>/&\"'{}é😀中")
+        + ["<think>", "</think>", "<tool_response>", "</tool_response>", "<|im_end|>"]
+    )
     text = st.lists(piece, max_size=12).map("".join)
-    call = st.builds(lambda n, a: _call(n, a), st.sampled_from(["get_weather", "search"]),
-                     st.one_of(st.dictionaries(st.sampled_from(["city", "q", "n"]),
-                                               st.one_of(text, st.integers(-5, 5), st.booleans(), st.none()),
-                                               max_size=3),
-                               st.dictionaries(st.sampled_from(["city"]), text).map(json.dumps)))
+    call = st.builds(
+        lambda n, a: _call(n, a),
+        st.sampled_from(["get_weather", "search"]),
+        st.one_of(
+            st.dictionaries(
+                st.sampled_from(["city", "q", "n"]),
+                st.one_of(text, st.integers(-5, 5), st.booleans(), st.none()),
+                max_size=3,
+            ),
+            st.dictionaries(st.sampled_from(["city"]), text).map(json.dumps),
+        ),
+    )
     user = st.builds(lambda c: {"role": "user", "content": c}, text)
-    parts = st.builds(lambda cs: {"role": "user", "content": [{"type": "text", "text": c} for c in cs]},
-                      st.lists(text, min_size=1, max_size=3))
-    assistant = st.builds(lambda c, calls, r: {"role": "assistant", "content": c,
-                                               **({"tool_calls": calls} if calls else {}),
-                                               **({"reasoning_content": r} if r is not None else {})},
-                          st.one_of(text, st.none()), st.lists(call, max_size=2), st.one_of(st.none(), text))
+    parts = st.builds(
+        lambda cs: {"role": "user", "content": [{"type": "text", "text": c} for c in cs]},
+        st.lists(text, min_size=1, max_size=3),
+    )
+    assistant = st.builds(
+        lambda c, calls, r: {
+            "role": "assistant",
+            "content": c,
+            **({"tool_calls": calls} if calls else {}),
+            **({"reasoning_content": r} if r is not None else {}),
+        },
+        st.one_of(text, st.none()),
+        st.lists(call, max_size=2),
+        st.one_of(st.none(), text),
+    )
     tool = st.builds(lambda c: {"role": "tool", "content": c}, text)
     system = st.builds(lambda c: {"role": "system", "content": c}, text)
-    return st.tuples(st.lists(st.one_of(user, parts, assistant, tool, system), min_size=1, max_size=7),
-                     st.booleans(), st.booleans(), st.sampled_from([None, True, False]))
+    return st.tuples(
+        st.lists(st.one_of(user, parts, assistant, tool, system), min_size=1, max_size=7),
+        st.booleans(),
+        st.booleans(),
+        st.sampled_from([None, True, False]),
+    )
 
 
 @pytest.mark.parametrize("template", ["qwen", "chatml", "llama3"])
@@ -407,7 +548,9 @@ def test_qwen3_matches_transformers_apply_chat_template(qwen) -> None:
         # transformers passes messages as given: give it what our normalization produces for OpenAI input
         # (text parts joined, JSON-string arguments parsed), which is what SGLang's server does too.
         hf_messages = _normalize_messages(messages, False)
-        expected = hf.apply_chat_template(hf_messages, tools=tools, tokenize=False, add_generation_prompt=gen, **kw)
+        expected = hf.apply_chat_template(
+            hf_messages, tools=tools, tokenize=False, add_generation_prompt=gen, **kw
+        )
         assert qwen.render(messages, tools=tools, add_generation_prompt=gen, **kw) == expected, name
         checked += 1
     assert checked == len(CASES)
@@ -422,14 +565,23 @@ SHIM_CASES = [
     ("{{ x | tojson(indent=2) }}", {"x": {"k": ["v", {"n": 1}]}}),
     ("{{ x | tojson(sort_keys=true, separators=[',', ':']) }}", {"x": {"b": 1, "a": 2}}),
     ("{{ {'z': 1, 'a': [x, 2]} | tojson }}", {"x": "in-template dict keeps key order"}),
-    ("{% for i in range(10) %}{% if i == 2 %}{% continue %}{% endif %}{% if i == 5 %}{% break %}{% endif %}{{ i }}"
-     "{% endfor %}", {}),
+    (
+        "{% for i in range(10) %}{% if i == 2 %}{% continue %}{% endif %}{% if i == 5 %}{% break %}{% endif %}{{ i }}"
+        "{% endfor %}",
+        {},
+    ),
     ("a\n  {% if true %}\n  b\n  {% endif %}\nc", {}),
     ("x {%- generation -%}  y  {%- endgeneration %} z\n", {}),
     ("<{% generation %}\n{{ v }}\n{% endgeneration %}>", {"v": "body"}),
-    ("{{ s.strip() }}|{{ s.lstrip(' ') }}|{{ s.split('b') }}|{{ s.startswith(' a') }}|{{ s | trim }}", {"s": " ab c "}),
+    (
+        "{{ s.strip() }}|{{ s.lstrip(' ') }}|{{ s.split('b') }}|{{ s.startswith(' a') }}|{{ s | trim }}",
+        {"s": " ab c "},
+    ),
     ("{{ m.get('k', 'dflt') }} {{ m.missing is defined }} {{ m['k2'] }}", {"m": {"k2": 3}}),
-    ("{% set ns = namespace(n=0) %}{% for _ in [1, 2, 3] %}{% set ns.n = ns.n + loop.index %}{% endfor %}{{ ns.n }}", {}),
+    (
+        "{% set ns = namespace(n=0) %}{% for _ in [1, 2, 3] %}{% set ns.n = ns.n + loop.index %}{% endfor %}{{ ns.n }}",
+        {},
+    ),
     ("{{ l[::-1] | join(',') }} {{ l | length }} {{ l | first }} {{ l | last }}", {"l": [1, 2, 3]}),
 ]
 
@@ -437,8 +589,9 @@ SHIM_CASES = [
 @pytest.mark.parametrize(("source", "context"), SHIM_CASES)
 def test_shims_match_jinja2(source, context, qwen) -> None:
     tok = ChatTokenizer(qwen.tokenizer, source, {}, name="t")
-    expected = _J2.from_string(source).render(messages=[], tools=None, add_generation_prompt=True, documents=None,
-                                              **context)
+    expected = _J2.from_string(source).render(
+        messages=[], tools=None, add_generation_prompt=True, documents=None, **context
+    )
     assert tok.render([], **context) == expected
 
 
@@ -448,14 +601,20 @@ def test_raise_exception_is_a_template_error(chatml) -> None:
     assert issubclass(TemplateError, ValueError)
 
 
-@pytest.mark.parametrize(("messages", "match"), [
-    ("not a list", "list of message objects"),
-    ([1, 2], r"messages\[0\] must be an object"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "'image_url' is not supported"),
-    ([{"role": "user", "content": [7]}], "parts must be objects"),
-    ([{"role": "user", "content": 42}], "chat template error"),  # Qwen3 calls .startswith on the content
-    ([], "chat template error"),  # Qwen3 reads messages[0]
-])
+@pytest.mark.parametrize(
+    ("messages", "match"),
+    [
+        ("not a list", "list of message objects"),
+        ([1, 2], r"messages\[0\] must be an object"),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+            "'image_url' is not supported",
+        ),
+        ([{"role": "user", "content": [7]}], "parts must be objects"),
+        ([{"role": "user", "content": 42}], "chat template error"),  # Qwen3 calls .startswith on the content
+        ([], "chat template error"),  # Qwen3 reads messages[0]
+    ],
+)
 def test_bad_messages_raise_template_error(qwen, messages, match) -> None:
     with pytest.raises(TemplateError, match=match):
         qwen.render(messages)
@@ -487,9 +646,15 @@ def _model_dir(tmp_path, config: dict, *, jinja: str | None = None, generation: 
 
 
 def test_from_model_path_config_template_and_added_token_dicts(tmp_path) -> None:
-    d = _model_dir(tmp_path, {"chat_template": CHATML,
-                              "eos_token": {"__type": "AddedToken", "content": "<|im_end|>", "special": True},
-                              "bos_token": None, "pad_token": "<|endoftext|>"})
+    d = _model_dir(
+        tmp_path,
+        {
+            "chat_template": CHATML,
+            "eos_token": {"__type": "AddedToken", "content": "<|im_end|>", "special": True},
+            "bos_token": None,
+            "pad_token": "<|endoftext|>",
+        },
+    )
     tok = ChatTokenizer.from_model_path(d)
     assert tok.name == "My-Model"
     assert tok.eos_token == "<|im_end|>" and tok.bos_token is None
@@ -498,7 +663,9 @@ def test_from_model_path_config_template_and_added_token_dicts(tmp_path) -> None
 
 
 def test_chat_template_jinja_file_wins_and_override(tmp_path) -> None:
-    d = _model_dir(tmp_path, {"chat_template": "from config", "eos_token": "<|im_end|>"}, jinja="from jinja file")
+    d = _model_dir(
+        tmp_path, {"chat_template": "from config", "eos_token": "<|im_end|>"}, jinja="from jinja file"
+    )
     assert ChatTokenizer.from_model_path(d).render([]) == "from jinja file"
     override = tmp_path / "override.jinja"
     override.write_text("{{ messages | length }} from override")
@@ -509,8 +676,15 @@ def test_chat_template_jinja_file_wins_and_override(tmp_path) -> None:
 
 
 def test_named_templates_default_and_tool_use(tmp_path) -> None:
-    d = _model_dir(tmp_path, {"chat_template": [{"name": "default", "template": "plain"},
-                                                {"name": "tool_use", "template": "tools: {{ tools | length }}"}]})
+    d = _model_dir(
+        tmp_path,
+        {
+            "chat_template": [
+                {"name": "default", "template": "plain"},
+                {"name": "tool_use", "template": "tools: {{ tools | length }}"},
+            ]
+        },
+    )
     tok = ChatTokenizer.from_model_path(d)
     assert tok.render([]) == "plain"
     assert tok.render([], tools=[WEATHER_TOOL]) == "tools: 1"

@@ -61,13 +61,19 @@ class TemplateError(ValueError):
 # Hugging Face template shims
 
 
-def _hf_tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
-               separators: Any = None, sort_keys: bool = False) -> str:
+def _hf_tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: Any = None,
+    sort_keys: bool = False,
+) -> str:
     # Same contract as transformers' tojson filter: plain json.dumps, no HTML escaping.
     if separators is not None:
         separators = tuple(separators)
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                      sort_keys=sort_keys)
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 def _raise_exception(message: Any = "") -> None:
@@ -95,12 +101,28 @@ def _rewrite_generation_tags(source: str) -> str:
 # Templates that loop over a message's content expect OpenAI content parts; the rest expect a string.
 _CONTENT_LOOP = re.compile(r"\bfor\s+\w+\s+in\s+\w+\s*(?:\.\s*content\b|\[\s*['\"]content['\"]\s*\])")
 
-_SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
-                       "mask_token")
+_SPECIAL_TOKEN_KEYS = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
 
 # Added special tokens that end a turn or a document; those the tokenizer has join `stop_token_ids`.
-_END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|end|>",
-                "<end_of_turn>", "<|return|>", "</s>")
+_END_MARKERS = (
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end_of_text|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|return|>",
+    "</s>",
+)
 
 
 def _token_content(value: Any) -> str | None:
@@ -151,9 +173,15 @@ class ChatTokenizer:
     eos_token: str | None
     stop_token_ids: set[int]
 
-    def __init__(self, tokenizer: Tokenizer, chat_template: str | list[dict[str, Any]] | None = None,
-                 config: Mapping[str, Any] | None = None, *, name: str = "model",
-                 extra_eos_token_ids: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        chat_template: str | list[dict[str, Any]] | None = None,
+        config: Mapping[str, Any] | None = None,
+        *,
+        name: str = "model",
+        extra_eos_token_ids: Iterable[int] = (),
+    ) -> None:
         config = dict(config or {})
         tokenizer.no_truncation()
         tokenizer.no_padding()
@@ -192,9 +220,9 @@ class ChatTokenizer:
             if eos_id is not None:
                 stop.add(eos_id)
         for marker in _END_MARKERS:
-            tid = self.added_tokens.get(marker)
-            if tid is not None and tid in special_ids:
-                stop.add(tid)
+            marker_id = self.added_tokens.get(marker)
+            if marker_id is not None and marker_id in special_ids:
+                stop.add(marker_id)
         self.stop_token_ids = stop
         self._token_text: dict[int, str] = {}
 
@@ -202,8 +230,11 @@ class ChatTokenizer:
         if isinstance(chat_template, list):
             named: dict[str, str] = {}
             for entry in chat_template:
-                if isinstance(entry, Mapping) and isinstance(entry.get("name"), str) \
-                        and isinstance(entry.get("template"), str):
+                if (
+                    isinstance(entry, Mapping)
+                    and isinstance(entry.get("name"), str)
+                    and isinstance(entry.get("template"), str)
+                ):
                     named[entry["name"]] = entry["template"]
             if not named:
                 raise TemplateError("the list of chat templates has no named template")
@@ -235,8 +266,9 @@ class ChatTokenizer:
     # -- construction -----------------------------------------------------------------------------------
 
     @classmethod
-    def from_model_path(cls, path: str | os.PathLike[str], *,
-                        chat_template_file: str | os.PathLike[str] | None = None) -> ChatTokenizer:
+    def from_model_path(
+        cls, path: str | os.PathLike[str], *, chat_template_file: str | os.PathLike[str] | None = None
+    ) -> ChatTokenizer:
         """A model directory: tokenizer.json, tokenizer_config.json (chat_template, special tokens),
         chat_template.jinja (wins over the config's template, as in transformers), generation_config.json
         (extra EOS ids). ``chat_template_file`` overrides the template."""
@@ -260,13 +292,21 @@ class ChatTokenizer:
         if gen_file.is_file():
             eos = _read_json(gen_file).get("eos_token_id")
             extra_eos = [eos] if isinstance(eos, int) else [i for i in eos or () if isinstance(i, int)]
-        return cls(_load_tokenizer(tokenizer_file), template, config, name=root.resolve().name,
-                   extra_eos_token_ids=extra_eos)
+        return cls(
+            _load_tokenizer(tokenizer_file),
+            template,
+            config,
+            name=root.resolve().name,
+            extra_eos_token_ids=extra_eos,
+        )
 
     @classmethod
-    def from_files(cls, tokenizer_file: str | os.PathLike[str],
-                   chat_template_file: str | os.PathLike[str] | None = None,
-                   config_file: str | os.PathLike[str] | None = None) -> ChatTokenizer:
+    def from_files(
+        cls,
+        tokenizer_file: str | os.PathLike[str],
+        chat_template_file: str | os.PathLike[str] | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+    ) -> ChatTokenizer:
         """A tokenizer.json, optionally a template file (.jinja, or a JSON file with ``chat_template``)
         and a tokenizer_config.json (special tokens; its template is used if no template file is given)."""
         tokenizer_path = Path(tokenizer_file)
@@ -276,8 +316,12 @@ class ChatTokenizer:
         template = config.get("chat_template")
         if chat_template_file is not None:
             template = _read_template_file(Path(chat_template_file))
-        return cls(_load_tokenizer(tokenizer_path), template, config,
-                   name=tokenizer_path.resolve().parent.name or "model")
+        return cls(
+            _load_tokenizer(tokenizer_path),
+            template,
+            config,
+            name=tokenizer_path.resolve().parent.name or "model",
+        )
 
     @classmethod
     def qwen3(cls) -> ChatTokenizer:
@@ -293,8 +337,14 @@ class ChatTokenizer:
     def has_chat_template(self) -> bool:
         return bool(self._content_parts)
 
-    def render(self, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Any] | None = None,
-               add_generation_prompt: bool = True, **kwargs: Any) -> str:
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Any] | None = None,
+        add_generation_prompt: bool = True,
+        **kwargs: Any,
+    ) -> str:
         """Render ``messages`` (and ``tools``) with the chat template, as transformers'
         ``apply_chat_template(..., tokenize=False)`` does. Raises TemplateError."""
         name = "tool_use" if tools is not None and self._has_tool_template else "default"
@@ -394,8 +444,14 @@ def _normalize_messages(messages: Sequence[Mapping[str, Any]], content_parts: bo
         if not isinstance(msg, Mapping):
             raise TemplateError(f"messages[{i}] must be an object")
         content = msg.get("content")
-        if (content.__class__ is str and "tool_calls" not in msg and "reasoning_content" not in msg
-                and "reasoning" not in msg and "thinking" not in msg and None not in msg.values()):
+        if (
+            content.__class__ is str
+            and "tool_calls" not in msg
+            and "reasoning_content" not in msg
+            and "reasoning" not in msg
+            and "thinking" not in msg
+            and None not in msg.values()
+        ):
             append(msg)  # the common case: nothing to change
             continue
         # As transformers does: keys set to None are dropped (templates handle a missing key better).
@@ -436,8 +492,9 @@ def _join_text_parts(parts: list[Any], index: int) -> str:
             raise TemplateError(f"messages[{index}].content parts must be objects")
         kind = part.get("type", "text")
         if kind != "text" or not isinstance(part.get("text"), str):
-            raise TemplateError(f"messages[{index}].content: content part type {kind!r} is not supported "
-                                "(text only)")
+            raise TemplateError(
+                f"messages[{index}].content: content part type {kind!r} is not supported (text only)"
+            )
         texts.append(part["text"])
     return " ".join(texts)
 
@@ -449,7 +506,9 @@ def _parse_tool_call_arguments(calls: Any) -> list[Any] | None:
     fixed: list[Any] | None = None
     for j, call in enumerate(calls):
         fn = call.get("function") if isinstance(call, Mapping) else None
-        args = fn.get("arguments") if isinstance(fn, Mapping) else None
+        if not isinstance(fn, Mapping):
+            continue
+        args = fn.get("arguments")
         if not isinstance(args, str):
             continue
         try:
@@ -473,14 +532,21 @@ class Prompt:
 
     __slots__ = ("text", "ids", "cached_tokens", "_seam", "_rest_ends", "_match")
 
-    def __init__(self, text: str, ids: list[int], cached_tokens: int = 0, seam: int = 0,
-                 rest_ends: list[int] | None = None, match: Any = None) -> None:
+    def __init__(
+        self,
+        text: str,
+        ids: list[int],
+        cached_tokens: int = 0,
+        seam: int = 0,
+        rest_ends: list[int] | None = None,
+        match: Any = None,
+    ) -> None:
         self.text = text
         self.ids = ids
         self.cached_tokens = cached_tokens
-        self._seam = seam            # text position where the reused ids end
+        self._seam = seam  # text position where the reused ids end
         self._rest_ends = rest_ends  # ends of ids[cached_tokens:] (None without a cache)
-        self._match = match          # the PrefixMatch the reused ids came from
+        self._match = match  # the PrefixMatch the reused ids came from
 
     def ids_json(self) -> bytes:
         """The ids as a JSON array (for ``input_ids`` in a request body)."""
@@ -520,7 +586,9 @@ class PromptBuilder:
         marker = tok.id_to_token_text(ids[0])
         head, tail = "Hello  wor", " ld\n\n  é x"
         whole = tok.encode(head + marker + tail)
-        return whole == tok.encode(head + marker) + tok.encode(tail) and whole[len(tok.encode(head))] == ids[0]
+        return (
+            whole == tok.encode(head + marker) + tok.encode(tail) and whole[len(tok.encode(head))] == ids[0]
+        )
 
     # -- tokenize ---------------------------------------------------------------------------------------
 
@@ -570,9 +638,16 @@ class PromptBuilder:
 
     # -- record -----------------------------------------------------------------------------------------
 
-    def record(self, prompt: Prompt, output_text: str, output_ids: Sequence[int], *,
-               output_logprobs: Sequence[float] | None = None, finish_reason: Any = None,
-               worker: str | None = None) -> None:
+    def record(
+        self,
+        prompt: Prompt,
+        output_text: str,
+        output_ids: Sequence[int],
+        *,
+        output_logprobs: Sequence[float] | None = None,
+        finish_reason: Any = None,
+        worker: str | None = None,
+    ) -> None:
         """Insert prompt + output into the cache (see the module docstring for the rules)."""
         cache = self.cache
         if cache is None:
@@ -609,14 +684,17 @@ class PromptBuilder:
             mask = (mask or [0] * len(prompt.ids)) + [1] * len(out)
             if output_logprobs is not None or logprobs is not None:
                 logprobs = (logprobs or [0.0] * len(prompt.ids)) + (
-                    [float(x) for x in output_logprobs] if output_logprobs is not None else [0.0] * len(out))
+                    [float(x) for x in output_logprobs] if output_logprobs is not None else [0.0] * len(out)
+                )
         elif out:
             self.rejected_outputs += 1
         if not ids:
             return
         cache.insert(text, ids, ends, logprobs=logprobs, loss_mask=mask, worker=worker)
 
-    def _output_ends(self, base: int, output_text: str, out: list[int], finish_reason: Any) -> list[int] | None:
+    def _output_ends(
+        self, base: int, output_text: str, out: list[int], finish_reason: Any
+    ) -> list[int] | None:
         """End offsets for the output ids, or None when they cannot be paired with the output text."""
         if not out:
             return None
