@@ -497,3 +497,53 @@ def test_output_parser_modes():
     choice = ToolChoice("function", "f")
     got = OutputParser(tool_format="hermes", tool_choice=choice, constrained=True).parse('{"x": 1}')
     assert calls_summary(got["tool_calls"]) == [("f", '{"x": 1}')]
+
+
+# -- fuzz: arbitrary mixtures of markup fragments never raise and never depend on the chunking --------------
+FRAGMENTS = ["<tool_call>", "</tool_call>", "<tool_", "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]", "<|python_tag|>",
+             "{", "}", "[", "]", '"', "\\", ",", ":", ";", " ", "\n", '"name"', '"arguments"', '"parameters"',
+             '"f"', "1", "true", "x", "é", "😀", '{"name": "f", "arguments": {"a": 1}}', "{}", "f"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fmt=st.sampled_from(["hermes", "llama3", "mistral"]),
+       parts=st.lists(st.sampled_from(FRAGMENTS), max_size=40),
+       cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=25), stream_arguments=st.booleans())
+def test_fuzz_markup_mixtures(fmt, parts, cuts, stream_arguments):
+    text = "".join(parts)
+    content, calls = parse_tool_calls(text, fmt, stream_arguments=stream_arguments)
+    parser = ToolCallParser(fmt, stream_arguments=stream_arguments)
+    deltas, pieces = stream(parser, split(text, cuts))
+    check_fragments(pieces, fmt)
+    assert (parser.content or None) == content
+    assert calls_summary(parser.tool_calls) == calls_summary(calls)
+    if not stream_arguments:
+        for c in calls:  # the default mode only ever sends valid arguments objects
+            assert isinstance(json.loads(c["function"]["arguments"]), dict)
+    if not calls:  # without calls, nothing is lost: content is the text
+        assert (content or "") == text
+
+
+edits = st.lists(st.tuples(st.integers(min_value=0, max_value=300), st.sampled_from(["delete", "insert", "repeat"]),
+                           st.integers(min_value=1, max_value=30), st.sampled_from(FRAGMENTS)), max_size=4)
+
+
+def mutate(text, ops):
+    for pos, op, n, fragment in ops:
+        i = min(pos, len(text))
+        if op == "delete":
+            text = text[:i] + text[i + n % 4 + 1:]
+        elif op == "insert":
+            text = text[:i] + fragment + text[i:]
+        else:
+            text = text[:i] + text[max(0, i - n):i] + text[i:]
+    return text
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sample=st.sampled_from(SAMPLES), ops=edits,
+       cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=25), stream_arguments=st.booleans())
+def test_fuzz_mutated_samples(sample, ops, cuts, stream_arguments):
+    """Valid outputs with random damage: chunking never matters and nothing raises."""
+    fmt = normalize_tool_format(sample[0])
+    test_fuzz_markup_mixtures.hypothesis.inner_test(fmt, [mutate(sample[1], ops)], cuts, stream_arguments)

@@ -176,13 +176,14 @@ def _decode_key(raw: str) -> str:
 class _ObjectScanner:
     """Follows one JSON object (``text[0] == "{"``) as it arrives, without validating it.
 
-    It knows where the object ends (``end``, exclusive) and where each top-level value lies (``spans``: key
-    -> (start, end) once the value is complete; ``key``/``val_start`` for the value being read).  Validation
-    is left to orjson once the object is complete.
+    It knows where the object ends (``end``, exclusive) and where top-level values lie (``spans``: key ->
+    (start, end) of the first complete value under that key, with ``arguments`` and ``parameters`` both
+    recorded as ``"args"``; ``key``/``val_start`` for the value being read; ``dup`` if a key repeats).
+    Validation is left to orjson once the object is complete.
     """
 
-    __slots__ = ("after_colon", "depth", "end", "expect_key", "in_str", "key", "pos", "spans", "str_start",
-                 "text", "val_start")
+    __slots__ = ("after_colon", "depth", "dup", "end", "expect_key", "in_str", "key", "pos", "spans",
+                 "str_start", "text", "val_start")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -195,11 +196,15 @@ class _ObjectScanner:
         self.after_colon = False
         self.val_start = -1
         self.spans: dict[str, tuple[int, int]] = {}
+        self.dup = False
         self.end = -1
 
     def _close_value(self, end: int) -> None:
         if self.key is not None:
-            self.spans[self.key] = (self.val_start, end)
+            if self.key in self.spans:
+                self.dup = True
+            else:
+                self.spans[self.key] = (self.val_start, end)
         self.key = None
         self.val_start = -1
 
@@ -228,7 +233,8 @@ class _ObjectScanner:
                 self.in_str = False
                 if self.depth == 1:
                     if self.expect_key:
-                        self.key = _decode_key(t[self.str_start:i])
+                        key = _decode_key(t[self.str_start:i])
+                        self.key = "args" if key in _ARG_KEYS else key
                         self.expect_key = False
                     elif self.val_start == self.str_start:
                         self._close_value(i)
@@ -333,8 +339,6 @@ class ToolCallParser:
         self._pending_name = ""  # name of an _ARGS_ONLY call
         self._streaming: _Call | None = None  # call whose head was already sent (stream_arguments)
         self._sent = 0  # scanner offset up to which its arguments were sent
-        self._args_start = 0
-        self._args_key: str | None = None
         self._at_start = True  # llama3: a bare "{" here opens a call
         self._final_text = False  # after a constrained call: the rest is content, no markup
         self._open_kind = self.format
@@ -393,8 +397,10 @@ class ToolCallParser:
                 self._end_streamed_call()
             else:
                 self._text(out, self._raw + sc.text)
-        elif st in (_OPEN, _ARRAY_ITEM, _ARRAY_NEXT, _V11_HEADER, _LLAMA_NEXT, _AFTER):
-            if st in (_AFTER, _LLAMA_NEXT, _ARRAY_NEXT) and not self._buf.strip():
+        elif st == _AFTER:
+            self._text(out, self._buf.lstrip())  # whitespace right after a call is dropped, as in _step
+        elif st in (_OPEN, _ARRAY_ITEM, _ARRAY_NEXT, _V11_HEADER, _LLAMA_NEXT):
+            if st in (_LLAMA_NEXT, _ARRAY_NEXT) and not self._buf.strip():
                 pass  # only whitespace after a complete call, or an unclosed array after its calls
             else:
                 self._text(out, self._raw + self._buf)
@@ -510,12 +516,7 @@ class ToolCallParser:
                 self._raw += ws
                 self._start_call(_WRAPPER, stripped)
                 return True
-            if c == "]" and self._raw.rstrip().endswith("["):
-                self._raw = ""
-                self._buf = stripped[1:]
-                self._to_text()
-                return True
-            return self._malformed(out, ws, stripped)
+            return self._malformed(out, ws, stripped)  # includes an empty array: no call, so it is text
         if st == _ARRAY_NEXT:
             if c == ",":
                 self._raw += ws + ","
@@ -644,7 +645,6 @@ class ToolCallParser:
         self._buf = ""
         self._streaming = None
         self._sent = 0
-        self._args_key = None
         self._state = _CALL
 
     def _step_call(self, out: list[dict[str, Any]]) -> bool:
@@ -698,14 +698,12 @@ class ToolCallParser:
             if self._kind == _ARGS_ONLY:
                 start = 0
             else:
-                key: str | None
-                if sc.key in _ARG_KEYS and sc.val_start >= 0:
-                    key, start = sc.key, sc.val_start
+                if "args" in sc.spans:  # the first arguments value, complete
+                    start = sc.spans["args"][0]
+                elif sc.key == "args" and sc.val_start >= 0:  # the first arguments value, being read
+                    start = sc.val_start
                 else:
-                    key = next((k for k in _ARG_KEYS if k in sc.spans), None)
-                    if key is None:
-                        return
-                    start = sc.spans[key][0]
+                    return
                 span = sc.spans.get("name")
                 if span is None or span[1] > start or sc.text[start] != "{":
                     return
@@ -716,17 +714,16 @@ class ToolCallParser:
                 if not isinstance(name, str) or not name:
                     return
                 self._pending_name = name
-                self._args_key = key
             call = self._new_call(out, self._pending_name)
             if call is None:
                 return
             self._streaming = call
-            self._sent = self._args_start = start
+            self._sent = start
         if self._kind == _ARGS_ONLY:
             end = sc.end if sc.end >= 0 else sc.pos
         else:
-            span = sc.spans.get(self._args_key or "")
-            end = span[1] if span is not None and span[0] == self._args_start else sc.pos
+            span = sc.spans.get("args")
+            end = span[1] if span is not None else sc.pos
         if end > self._sent:
             self._args(out, call, sc.text[self._sent:end])
             self._sent = end
@@ -784,7 +781,7 @@ class ToolCallParser:
         if self._kind == _ARGS_ONLY:
             return (self._pending_name, text) if self._pending_name else None
         name = obj.get("name")
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str) or not name or sc.dup:
             return None
         key = next((k for k in _ARG_KEYS if k in obj), None)
         if key is None:
@@ -793,7 +790,7 @@ class ToolCallParser:
             return name, "{}"
         value = obj[key]
         if isinstance(value, dict):
-            span = sc.spans.get(key)
+            span = sc.spans.get("args")
             if span is None:
                 return None
             return name, text[span[0]:span[1]]
