@@ -333,7 +333,7 @@ class ToolCallParser:
         self._ws = ""  # trailing whitespace of the content, held back
         self._calls: list[_Call] = []
         self.broken_calls = 0
-        self.content = ""
+        self._content: list[str] = []
         self._scanner: _ObjectScanner | None = None
         self._kind = _WRAPPER
         self._pending_name = ""  # name of an _ARGS_ONLY call
@@ -372,6 +372,11 @@ class ToolCallParser:
     @property
     def has_tool_calls(self) -> bool:
         return bool(self._calls)
+
+    @property
+    def content(self) -> str:
+        """Everything returned as content so far."""
+        return "".join(self._content)
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
@@ -417,7 +422,7 @@ class ToolCallParser:
 
     # -- output helpers ------------------------------------------------------------------------------------
     def _emit(self, out: list[dict[str, Any]], text: str) -> None:
-        self.content += text
+        self._content.append(text)
         if out and "content" in out[-1]:
             out[-1]["content"] += text
         else:
@@ -434,7 +439,7 @@ class ToolCallParser:
         tail = s[len(core):]
         body = core.lstrip()
         ws = self._ws + core[: len(core) - len(body)]
-        if ws and (self.content or not self._calls):
+        if ws and (self._content or not self._calls):
             body = ws + body
         self._ws = tail
         self._at_start = False
