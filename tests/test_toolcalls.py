@@ -18,6 +18,7 @@ from radixrouter.toolcalls import (
     ToolChoice,
     ToolRequestError,
     detect_tool_format,
+    make_output_processor_factory,
     merge_deltas,
     new_call_id,
     normalize_tool_format,
@@ -474,11 +475,14 @@ def test_output_parser_reasoning_then_tools(cuts, stream_arguments):
     assert {k: message[k] for k in expected} == expected
     assert calls_summary(message["tool_calls"]) == [("get_weather", '{"city": "Paris"}')]
     p = OutputParser(tool_format="qwen", reasoning_format="qwen3", stream_arguments=stream_arguments)
-    deltas = [d for d in (p.feed(c) for c in split(QWEN3_OUTPUT, cuts)) if d]
-    last = p.finish()
-    if last:
-        deltas.append(last)
+    deltas = []
+    for c in split(QWEN3_OUTPUT, cuts):
+        got = p.feed(c)
+        assert len(got) <= 1  # one worker event, at most one client chunk
+        deltas.extend(got)
+    deltas.extend(p.finish())
     assert all(set(d) <= {"content", "reasoning_content", "tool_calls"} and d for d in deltas)
+    assert p.finish_reason == "tool_calls"
     sdk = accumulate(deltas, "tool_calls")
     assert sdk.content == expected["content"]
     assert getattr(sdk, "reasoning_content", None) == expected["reasoning_content"]
@@ -547,3 +551,39 @@ def test_fuzz_mutated_samples(sample, ops, cuts, stream_arguments):
     """Valid outputs with random damage: chunking never matters and nothing raises."""
     fmt = normalize_tool_format(sample[0])
     test_fuzz_markup_mixtures.hypothesis.inner_test(fmt, [mutate(sample[1], ops)], cuts, stream_arguments)
+
+
+def test_output_processor_factory():
+    assert make_output_processor_factory(None, None) is None
+    with pytest.raises(ValueError):
+        make_output_processor_factory("nope", None)
+    factory = make_output_processor_factory("qwen", "qwen3")
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    with_tools = SimpleNamespace(tools=TOOLS, template_kwargs={})
+    no_tools = SimpleNamespace(tools=None, template_kwargs={})
+    # tools and a prompt that lets the model think: both parsers
+    proc = factory(with_tools, "<|im_start|>assistant\n")
+    assert proc.tools is not None and proc.reasoning is not None
+    deltas = proc.feed(QWEN3_OUTPUT) + proc.finish()
+    assert proc.finish_reason == "tool_calls"
+    assert merge_deltas(deltas)["reasoning_content"].startswith("The user wants")
+    # thinking switched off in the prompt and no tools: nothing to do
+    assert factory(no_tools, "<|im_start|>assistant\n<think>\n\n</think>\n\n") is None
+    # thinking off, tools on: tool parsing only
+    proc = factory(with_tools, "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert proc.reasoning is None and proc.tools is not None
+    # no tools: reasoning only; a plain answer passes through, finish_reason untouched
+    proc = factory(no_tools, "<|im_start|>assistant\n")
+    assert proc.tools is None
+    assert merge_deltas(proc.feed("Hi there") + proc.finish()) == {"content": "Hi there"}
+    assert proc.finish_reason is None
+    # tool_choice / parallel_tool_calls when the request carries them
+    req = SimpleNamespace(tools=TOOLS, tool_choice="none", parallel_tool_calls=False)
+    proc = factory(req, "")
+    assert proc.tools is None
+    req = SimpleNamespace(tools=TOOLS, tool_choice="auto", parallel_tool_calls=False)
+    proc = factory(req, "")
+    proc.feed(SAMPLES[1][1])
+    proc.finish()
+    assert len(proc.tool_calls) == 1

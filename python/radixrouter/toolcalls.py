@@ -53,13 +53,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from radixrouter.reasoning import ReasoningParser
+from radixrouter.reasoning import ReasoningParser, normalize_reasoning_format, prompt_in_reasoning
 
 __all__ = [
     "TOOL_FORMATS",
@@ -68,6 +68,7 @@ __all__ = [
     "ToolChoice",
     "ToolRequestError",
     "detect_tool_format",
+    "make_output_processor_factory",
     "merge_deltas",
     "new_call_id",
     "normalize_tool_format",
@@ -986,20 +987,24 @@ def tool_choice_json_schema(tools: Sequence[Mapping[str, Any]], choice: ToolChoi
 class OutputParser:
     """Everything the router does to one choice's generated text: reasoning separation, then tool calls.
 
-    Streaming (one instance per choice)::
+    It is the router's *output processor* (``App.output_processor_factory`` in :mod:`radixrouter.app`):
+    ``feed(text_delta)`` and ``finish()`` return a list of OpenAI deltas (zero or one: the pieces of one
+    worker event merged, ``{"reasoning_content"?, "content"?, "tool_calls"?}``); ``finish_reason`` is
+    ``"tool_calls"`` once a call was made, else ``None`` (keep the worker's).  One instance per choice::
 
         parser = OutputParser(tool_format="hermes", reasoning_format="qwen3",
                               in_reasoning=prompt_in_reasoning(prompt_text, "qwen3"))
         for text_delta in worker_deltas:
-            delta = parser.feed(text_delta)      # {} or a dict with "reasoning_content", "content", "tool_calls"
-            if delta: send_chunk(delta)
-        delta = parser.finish()
-        if delta: send_chunk(delta)
-        finish_reason = "tool_calls" if parser.has_tool_calls and finish_reason == "stop" else finish_reason
+            for delta in parser.feed(text_delta):
+                send_chunk(delta)
+        for delta in parser.finish():
+            send_chunk(delta)
+        finish_reason = parser.finish_reason or worker_finish_reason
 
     Non-streaming: ``OutputParser(...).parse(text)`` -> ``{"content", "reasoning_content"?, "tool_calls"?}``.
     ``tool_format=None`` (or tool_choice ``none``) disables tool parsing; ``reasoning_format=None`` disables
-    reasoning separation; with both off, text passes through untouched.
+    reasoning separation; with both off, text passes through untouched.  ``constrained=True`` with tool_choice
+    ``required`` / a named function parses output generated under :func:`tool_choice_json_schema`.
     """
 
     def __init__(
@@ -1013,7 +1018,8 @@ class OutputParser:
         parallel_tool_calls: bool = True,
         constrained: bool = False,
     ) -> None:
-        self.reasoning = ReasoningParser(reasoning_format, in_reasoning=in_reasoning) if reasoning_format else None
+        self.reasoning = (ReasoningParser(reasoning_format, in_reasoning=in_reasoning)
+                          if reasoning_format else None)
         self.tools: ToolCallParser | None = None
         if constrained and tool_choice is not None and tool_choice.mode in ("required", "function"):
             self.tools = ToolCallParser.for_tool_choice(tool_choice, fmt=tool_format or "hermes",
@@ -1027,10 +1033,15 @@ class OutputParser:
         return self.tools is not None and self.tools.has_tool_calls
 
     @property
+    def finish_reason(self) -> str | None:
+        """``"tool_calls"`` when the output made a call; ``None`` means "keep the worker's finish reason"."""
+        return "tool_calls" if self.has_tool_calls else None
+
+    @property
     def tool_calls(self) -> list[dict[str, Any]]:
         return self.tools.tool_calls if self.tools is not None else []
 
-    def _route(self, pieces: list[dict[str, str]], final: bool) -> dict[str, Any]:
+    def _route(self, pieces: list[dict[str, str]], final: bool) -> list[dict[str, Any]]:
         tools = self.tools
         if tools is None:
             out: list[Mapping[str, Any]] = list(pieces)
@@ -1044,18 +1055,21 @@ class OutputParser:
                     out.extend(tools.feed(text))
             if final:
                 out.extend(tools.finish())
+        if not out:
+            return []
         if len(out) == 1 and "tool_calls" not in out[0]:
-            return dict(out[0])  # the common case: one text piece
-        return merge_deltas(out)
+            return [dict(out[0])]  # the common case: one text piece
+        merged = merge_deltas(out)
+        return [merged] if merged else []
 
-    def feed(self, delta: str) -> dict[str, Any]:
+    def feed(self, delta: str) -> list[dict[str, Any]]:
         if not delta:
-            return {}
+            return []
         if self.reasoning is not None:
             return self._route(self.reasoning.feed(delta), False)
         return self._route([{"content": delta}], False)
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> list[dict[str, Any]]:
         pieces = self.reasoning.finish() if self.reasoning is not None else []
         return self._route(pieces, True)
 
@@ -1065,7 +1079,7 @@ class OutputParser:
         ``content`` is ``None`` when empty and tool calls were made (as OpenAI does), ``""`` when empty
         otherwise; ``reasoning_content`` and ``tool_calls`` are present only when non-empty.
         """
-        merged = merge_deltas([self.feed(text), self.finish()])
+        merged = merge_deltas(self.feed(text) + self.finish())
         message: dict[str, Any] = {}
         content = merged.get("content", "")
         calls = self.tool_calls
@@ -1075,3 +1089,43 @@ class OutputParser:
         if calls:
             message["tool_calls"] = calls
         return message
+
+
+def make_output_processor_factory(
+    tool_format: str | None,
+    reasoning_format: str | None,
+    *,
+    stream_arguments: bool = False,
+) -> Callable[[Any, str], OutputParser | None] | None:
+    """The router's ``output_processor_factory`` for ``--tool-call-parser`` / ``--reasoning-parser``.
+
+    ``None`` when both are off.  Per request, the factory reads the parsed chat request: ``tools`` (tool
+    parsing only when the request has tools; the router drops them for tool_choice ``none``), and, when
+    present, ``tool_choice`` (raw or :class:`ToolChoice`) and ``parallel_tool_calls``; the rendered prompt
+    tells whether the output starts inside a reasoning block (:func:`prompt_in_reasoning`).
+    """
+    tool_fmt = normalize_tool_format(tool_format) if tool_format else None
+    reasoning_fmt = normalize_reasoning_format(reasoning_format) if reasoning_format else None
+    if tool_fmt is None and reasoning_fmt is None:
+        return None
+
+    def factory(request: Any, prompt_text: str) -> OutputParser | None:
+        tools = getattr(request, "tools", None) if tool_fmt else None
+        choice = getattr(request, "tool_choice", None)
+        if choice is not None and not isinstance(choice, ToolChoice):
+            choice = validate_tool_choice(choice, tools)
+        parallel = getattr(request, "parallel_tool_calls", None)
+        in_reasoning = prompt_in_reasoning(prompt_text, reasoning_fmt) if reasoning_fmt else None
+        use_tools = bool(tools) and (choice is None or choice.parse_output)
+        if not use_tools and (reasoning_fmt is None or in_reasoning is False):
+            return None
+        return OutputParser(
+            tool_format=tool_fmt if use_tools else None,
+            reasoning_format=reasoning_fmt if in_reasoning is not False else None,
+            in_reasoning=in_reasoning,
+            tool_choice=choice,
+            stream_arguments=stream_arguments,
+            parallel_tool_calls=parallel is not False,
+        )
+
+    return factory
