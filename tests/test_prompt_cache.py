@@ -21,10 +21,11 @@ IM_END = 151645
 
 
 class _ModelMatch:
-    def __init__(self, length, ids, logprobs, mask, workers):
+    def __init__(self, length, ids, ends, logprobs, mask, workers):
         self.length = length
         self.token_count = len(ids)
         self.token_ids = ids
+        self.ends = ends
         self.logprobs = logprobs
         self.loss_mask = mask
         self.workers = workers
@@ -32,8 +33,10 @@ class _ModelMatch:
 
 
 class ModelPrefixCache:
-    """Stand-in for interface A: a list of inserted sequences; a match takes the one that yields the most
-    whole tokens inside the common prefix (a tree keeps the token boundaries of every insert on a path)."""
+    """Stand-in for interface A with the cache's documented rules: existing tokens win (an insert brings
+    token data only if its tokens for the part already on the path are exactly those, same ids at the
+    same ends; otherwise its text alone is stored); a lookup gives the whole tokens inside the longest
+    common prefix."""
 
     def __init__(self, max_tokens: int = 16_000_000) -> None:
         self.entries: list[tuple] = []
@@ -51,22 +54,29 @@ class ModelPrefixCache:
             ends[-1] != len(text) or any(a > b for a, b in zip(ends, ends[1:], strict=False)) or ends[0] < 0
         ):
             raise ValueError("bad offsets")
+        on_path = self.match(text)
+        j = on_path.token_count
+        if ids[:j] != on_path.token_ids or ends[:j] != on_path.ends:
+            ids, ends, logprobs, loss_mask, n = [], [], None, None, 0  # a conflict: text only
         self.entries.append(
             (text, ids, ends, list(logprobs or [0.0] * n), list(loss_mask or [0] * n), worker)
         )
 
     def match(self, text: str) -> _ModelMatch:
         best = (0, -1)
-        for i, (etext, _ids, ends, *_rest) in enumerate(self.entries):
+        workers: dict[str, int] = {}
+        for i, (etext, _ids, ends, _lps, _mask, worker) in enumerate(self.entries):
             lcp = len(os.path.commonprefix([etext, text]))
+            if worker and lcp:
+                workers[worker] = max(workers.get(worker, 0), lcp)
             n = bisect.bisect_right(ends, lcp)
-            if n >= best[0]:
+            if n > best[0]:
                 best = (n, i)
         n, i = best
         if n == 0:
-            return _ModelMatch(0, [], [], [], {})
-        etext, ids, ends, lps, mask, worker = self.entries[i]
-        return _ModelMatch(ends[n - 1], ids[:n], lps[:n], mask[:n], {worker: ends[n - 1]} if worker else {})
+            return _ModelMatch(0, [], [], [], [], workers)
+        _text, ids, ends, lps, mask, _worker = self.entries[i]
+        return _ModelMatch(ends[n - 1], ids[:n], ends[:n], lps[:n], mask[:n], workers)
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +208,45 @@ def test_rewritten_history_falls_back_to_exact_tokenization(builder, qwen) -> No
     assert builder.backoffs >= 1
 
 
+def test_edited_answer_keeps_the_worker_ids_of_the_kept_part(builder, qwen) -> None:
+    messages = [{"role": "user", "content": "Greet"}]
+    reply = "hello world, and more"
+    sampled = [49122, 385, 1879, 11, 323, 803]  # hel lo  world , and more
+    assert qwen.decode(sampled) == reply
+    p1 = chat(builder, messages, reply, sampled + [IM_END])
+    # The client cut the answer to "hello world" (a token boundary, followed by <|im_end|>).
+    messages[-1]["content"] = "hello world"
+    messages.append({"role": "user", "content": "Next"})
+    p2 = builder.tokenize(qwen.render(messages))
+    rest = p2.text[len(p1.text) + len("hello world") :]
+    assert p2.ids == p1.ids + [49122, 385, 1879] + qwen.encode(rest)
+    # Cut inside a token ("hello wor"): the worker's ids do not spell it; back to a full tokenization.
+    messages[-2]["content"] = "hello wor"
+    p3 = builder.tokenize(qwen.render(messages))
+    assert p3.ids == qwen.encode(p3.text)
+
+
+def test_tokenizer_that_is_not_byte_level_records_text_only(cache) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    raw = Tokenizer(
+        models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2, "<|im_end|>": 3}, unk_token="[UNK]")
+    )
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.add_special_tokens(["<|im_end|>"])
+    tok = ChatTokenizer(
+        raw, "{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}", {"eos_token": "<|im_end|>"}
+    )
+    assert not tok.byte_level
+    b = PromptBuilder(tok, cache)
+    assert not b.exact_seams
+    p = b.tokenize(tok.render([{"role": "user", "content": "hello world"}]))
+    assert p.ids == [1, 2, 3] and p.cached_tokens == 0
+    b.record(p, "hello", [1, 3], worker="w")
+    m = cache.match(p.text + "hello")
+    assert m.token_count == 0 and m.workers.get("w", 0) > 0
+
+
 @pytest.mark.parametrize("tail", ["ly warm today", "r than yesterday", "st", "  \n\nok"])
 def test_seam_backs_off_to_a_special_token(builder, qwen, tail) -> None:
     head = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nThe weather is nice"
@@ -267,8 +316,6 @@ def test_repeating_a_prompt_does_not_pick_up_its_answer(builder, qwen) -> None:
 
 
 def test_shared_system_prompt_is_reused_by_other_conversations(builder, qwen) -> None:
-    """Needs the cache to keep the token boundaries it already holds when a path is inserted again with
-    coarser offsets (reused ids are recorded as all ending at the seam)."""
     system = {"role": "system", "content": "You are a careful assistant. " * 20}
     messages = [system]
     for turn in range(3):

