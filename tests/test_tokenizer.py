@@ -740,3 +740,20 @@ def test_encode_decode_and_ends(qwen) -> None:
     assert qwen.decode([49122, 385, 1879]) == "hello world"
     assert qwen.id_to_token_text(151645) == "<|im_end|>"
     assert qwen.encode_with_ends("") == ([], [])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    text=st.lists(
+        st.sampled_from(
+            list("ab \n\t<>é😀中𝔘ẞꙮ\u200d🏳️‍🌈") + ["<|im_end|>", "<think>", "hello", " world", "  "]
+        ),
+        max_size=25,
+    ).map("".join)
+)
+def test_char_ends_equal_the_tokenizer_offsets(qwen, text) -> None:
+    """Token ends computed from ids alone (what PromptBuilder records) are the tokenizer's own offsets,
+    also where a character is split over several byte-level tokens."""
+    ids, ends = qwen.encode_with_ends(text)
+    assert qwen.char_ends(ids) == ends
+    assert qwen.char_ends(ids, 7) == [e + 7 for e in ends]
