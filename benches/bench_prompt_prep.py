@@ -123,3 +123,16 @@ def test_turn16_parts(benchmark, qwen, part, cached) -> None:
         benchmark(qwen.render, messages)
     else:
         assert benchmark(lambda: builder.tokenize(text).ids) == qwen.encode(text)
+
+
+@pytest.mark.skipif(not hasattr(radixrouter, "PrefixCache"), reason="PrefixCache not built yet")
+def test_record_turn16(benchmark, qwen) -> None:
+    """Recording a finished turn 16 (prompt + a ~250-token answer) in the cache: verifying the output ids
+    against the text, computing token ends, the insert. Runs after the response, not before it."""
+    benchmark.group = "record, turn 16"
+    messages, replies = conversation()
+    builder = _warm_cache(qwen, TURNS)
+    prompt = builder.tokenize(qwen.render(_turn_messages(messages, TURNS)))
+    out = qwen.encode(replies[-1]) + [qwen.tokenizer.token_to_id("<|im_end|>")]
+    benchmark(builder.record, prompt, replies[-1], out, worker="w1")
+    assert builder.recorded_outputs > 0 and builder.rejected_outputs == 0
