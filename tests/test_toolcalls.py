@@ -18,6 +18,7 @@ from radixrouter.toolcalls import (
     ToolChoice,
     ToolRequestError,
     detect_tool_format,
+    group_deltas,
     make_output_processor_factory,
     merge_deltas,
     new_call_id,
@@ -477,11 +478,12 @@ def test_output_parser_reasoning_then_tools(cuts, stream_arguments):
     p = OutputParser(tool_format="qwen", reasoning_format="qwen3", stream_arguments=stream_arguments)
     deltas = []
     for c in split(QWEN3_OUTPUT, cuts):
-        got = p.feed(c)
-        assert len(got) <= 1  # one worker event, at most one client chunk
-        deltas.extend(got)
+        deltas.extend(p.feed(c))
     deltas.extend(p.finish())
     assert all(set(d) <= {"content", "reasoning_content", "tool_calls"} and d for d in deltas)
+    check_fragments(deltas)
+    for d in deltas:  # a call's head and its arguments never share a fragment
+        assert len(d.get("tool_calls", ())) <= 1
     assert p.finish_reason == "tool_calls"
     sdk = accumulate(deltas, "tool_calls")
     assert sdk.content == expected["content"]
@@ -587,3 +589,19 @@ def test_output_processor_factory():
     proc.feed(SAMPLES[1][1])
     proc.finish()
     assert len(proc.tool_calls) == 1
+
+
+def test_group_deltas_keeps_openai_shape_and_order():
+    head0 = {"tool_calls": [{"index": 0, "id": "call_a", "type": "function",
+                             "function": {"name": "f", "arguments": ""}}]}
+    head1 = {"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
+                             "function": {"name": "g", "arguments": ""}}]}
+
+    def args(i, text):
+        return {"tool_calls": [{"index": i, "function": {"arguments": text}}]}
+
+    assert group_deltas([{"content": "a"}, {"content": "b"}]) == [{"content": "ab"}]
+    assert group_deltas([{"content": "a"}, head0, args(0, "{"), args(0, "}"), head1, args(1, "{}"),
+                         {"content": "z"}]) == [
+        {"content": "a", **head0}, args(0, "{}"), head1, args(1, "{}"), {"content": "z"}]
+    assert group_deltas([]) == []

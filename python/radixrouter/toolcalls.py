@@ -68,6 +68,7 @@ __all__ = [
     "ToolChoice",
     "ToolRequestError",
     "detect_tool_format",
+    "group_deltas",
     "make_output_processor_factory",
     "merge_deltas",
     "new_call_id",
@@ -842,6 +843,42 @@ def merge_deltas(pieces: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return delta
 
 
+def group_deltas(pieces: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Pack delta pieces into as few deltas as keep OpenAI's streaming shape, in order.
+
+    Text pieces are concatenated; a call's head (``id``, ``type``, ``name``, ``arguments: ""``) goes out in
+    a delta of its own fragment, never merged with its arguments, and consecutive argument pieces of one
+    call are joined.  A new delta starts when text follows a tool-call fragment or when a fragment cannot
+    join the previous one.
+    """
+    deltas: list[dict[str, Any]] = []
+    cur: dict[str, Any] = {}
+    for piece in pieces:
+        frags = piece.get("tool_calls")
+        if frags is None:
+            if "tool_calls" in cur:
+                deltas.append(cur)
+                cur = {}
+            for key, value in piece.items():
+                if value:
+                    cur[key] = cur.get(key, "") + value
+            continue
+        for frag in frags:
+            calls = cur.get("tool_calls")
+            if calls is None:
+                cur["tool_calls"] = [{**frag, "function": dict(frag["function"])}]
+                continue
+            last = calls[-1]
+            if "id" not in frag and "id" not in last and last["index"] == frag["index"]:
+                last["function"]["arguments"] += frag["function"].get("arguments", "")
+                continue
+            deltas.append(cur)
+            cur = {"tool_calls": [{**frag, "function": dict(frag["function"])}]}
+    if cur:
+        deltas.append(cur)
+    return deltas
+
+
 # -- request side: tools and tool_choice ---------------------------------------------------------------------
 class ToolRequestError(ValueError):
     """Invalid ``tools`` / ``tool_choice``; ``param`` names the offending field as OpenAI does."""
@@ -988,8 +1025,9 @@ class OutputParser:
     """Everything the router does to one choice's generated text: reasoning separation, then tool calls.
 
     It is the router's *output processor* (``App.output_processor_factory`` in :mod:`radixrouter.app`):
-    ``feed(text_delta)`` and ``finish()`` return a list of OpenAI deltas (zero or one: the pieces of one
-    worker event merged, ``{"reasoning_content"?, "content"?, "tool_calls"?}``); ``finish_reason`` is
+    ``feed(text_delta)`` and ``finish()`` return a list of OpenAI deltas (``{"reasoning_content"?,
+    "content"?, "tool_calls"?}``, packed by :func:`group_deltas`: usually zero or one per worker event; a
+    call's head and its arguments are separate deltas, as OpenAI streams them); ``finish_reason`` is
     ``"tool_calls"`` once a call was made, else ``None`` (keep the worker's).  One instance per choice::
 
         parser = OutputParser(tool_format="hermes", reasoning_format="qwen3",
@@ -1059,8 +1097,7 @@ class OutputParser:
             return []
         if len(out) == 1 and "tool_calls" not in out[0]:
             return [dict(out[0])]  # the common case: one text piece
-        merged = merge_deltas(out)
-        return [merged] if merged else []
+        return group_deltas(out)
 
     def feed(self, delta: str) -> list[dict[str, Any]]:
         if not delta:
