@@ -6,8 +6,8 @@ prompt is tokenized every turn; with it the ids of the history come from radixro
 previous turns were recorded as the router records them: prompt ids + the worker's output ids) and only
 the new user turn is tokenized.
 
-The conversation: a ~120-token system prompt, user turns of ~60-200 tokens, assistant replies of
-~150-350 tokens; turn 16's prompt is about 6,000 tokens.
+The conversation (mixed ASCII and non-ASCII text): user turns of ~100-250 tokens, assistant replies of
+~250-400 tokens; turn 1's prompt is 302 tokens, turn 8's 4,030, turn 16's 7,818 (28,802 characters).
 
 Run: .venv/bin/python -m pytest benches/bench_prompt_prep.py --benchmark-only -p no:randomly
 (figures and ratios in docs/bench-prompt.md)
