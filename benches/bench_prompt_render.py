@@ -3,8 +3,7 @@ and transformers' own apply_chat_template(tokenize=False) as SGLang's server cal
 (pytest-benchmark).
 
 Workloads, all with the Qwen3 template: a 6-message chat, the same with tools and a tool call, and the
-33 messages of turn 16
-of the conversation in bench_prompt_prep.py (7,818 tokens of text).
+33 messages of turn 16 of the conversation in bench_prompt_prep.py (7,818 tokens of text).
 
 Run: .venv/bin/python -m pytest benches/bench_prompt_render.py --benchmark-only -p no:randomly
 (figures and ratios in docs/bench-prompt.md)
