@@ -149,9 +149,9 @@ def scenarios(duration: float, quick: bool = False) -> dict[str, Scenario]:
         ),
         "stream": Scenario(
             "stream",
-            "streaming chat, 1 worker, fixed concurrency 32, 64-token replies",
+            "streaming chat, 1 worker decoding 500 tokens/s per sequence, fixed concurrency 32, 64-token replies",
             workers=1,
-            worker_flags={"min_output_tokens": 64, "max_output_tokens": 64},
+            worker_flags={"min_output_tokens": 64, "max_output_tokens": 64, "decode_tokens_per_s": 500},
             kind="closed",
             stream=True,
             concurrency=32,

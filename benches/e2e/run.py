@@ -135,6 +135,7 @@ def summarize(
         "router_cpu_us_per_request": round(cpu["router"] / n * 1e6, 1) if n and target.pid else None,
         "router_cpu_us_per_chunk": round(cpu["router"] / chunks * 1e6, 2) if chunks and target.pid else None,
         "workers_cpu_s": round(cpu["workers"], 3),
+        "workers_cpu_us_per_request": round(cpu["workers"] / n * 1e6, 1) if n else None,
         "loadgen_cpu_s": round(cpu["loadgen"], 3),
         "worker_prompt_tokens": prompt,
         "worker_cached_tokens": cached,
@@ -172,8 +173,9 @@ def markdown(meta: dict, rows: list[dict], skipped: dict) -> str:
         out += [f"## {sc_name}: {sc['description']}", ""]
         out += [
             "| target | req/s | x direct | errors | p50 / p90 / p99 latency ms | p50 / p90 / p99 TTFT ms "
-            "| p50 / p99 ITL ms | router CPU µs/req | router CPU µs/chunk | cached/prompt | requests per worker |",
-            "|---|---:|---:|---:|---|---|---|---:|---:|---:|---|",
+            "| p50 / p99 ITL ms | router CPU µs/req | router CPU µs/chunk | workers CPU µs/req | cached/prompt "
+            "| requests per worker |",
+            "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---|",
         ]
         for r in sel:
             lat, ttft, itl = r["latency_ms"], r["ttft_ms"], r["itl_ms"]
@@ -181,7 +183,8 @@ def markdown(meta: dict, rows: list[dict], skipped: dict) -> str:
                 f"| {r['target']} | {r['rps']} | {r.get('rps_vs_direct', '')} | {r['errors']} "
                 f"| {lat['p50']} / {lat['p90']} / {lat['p99']} | {ttft['p50']} / {ttft['p90']} / {ttft['p99']} "
                 f"| {itl['p50']} / {itl['p99']} | {r['router_cpu_us_per_request'] or '-'} "
-                f"| {r['router_cpu_us_per_chunk'] or '-'} | {r['cache_hit_ratio']} | {r['requests_per_worker']} |"
+                f"| {r['router_cpu_us_per_chunk'] or '-'} | {r['workers_cpu_us_per_request']} "
+                f"| {r['cache_hit_ratio']} | {r['requests_per_worker']} |"
             )
         out.append("")
     if skipped:

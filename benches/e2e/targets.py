@@ -220,6 +220,8 @@ class RadixRouter(Target):
             model_dir,
             "--log-level",
             "warning",
+            "--served-model-name",
+            "sim-model",
         ]
         for u in worker_urls:
             argv += ["--worker-url", u]

@@ -574,12 +574,20 @@ class Engine:
             else:  # non-streaming: about 20 ms of decoding per step, so an abort is noticed quickly
                 step = max(1, int(cfg.decode_tokens_per_s * 0.02)) if cfg.decode_tokens_per_s > 0 else 64
             first = True
+            loop = asyncio.get_running_loop()
+            due = loop.time()
             while req.aborted is None:
                 active = [s for s in seqs if s.finish is None]
                 if not active:
                     break
                 if not first:
-                    await self._sleep(req, self.decode_interval() * step)
+                    # tokens are due on a fixed schedule (like a GPU step), so the time spent sending
+                    # does not add up; a worker that fell behind catches up by at most one step
+                    dt = self.decode_interval() * step
+                    if dt > 0:
+                        now = loop.time()
+                        due = max(due + dt, now - dt)
+                        await self._sleep(req, due - now)
                     if req.aborted is not None:
                         break
                 k = 1 if first else step  # first token right after prefill (TTFT)
