@@ -374,7 +374,7 @@ CASES: list[tuple[str, list[dict], list | None, dict]] = [
             },
             {
                 "role": "user",
-                "content": [{"type": "text", "text": "Describe"}, {"type": "text", "text": " this  "}],
+                "content": [{"type": "text", "text": "Describe"}, {"type": "input_text", "text": " this  "}],
             },
         ],
         None,

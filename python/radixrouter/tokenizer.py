@@ -10,11 +10,13 @@ tokenizes text with the model's ``tokenizer.json``:
   tokenizer config as a variable, and extra keyword arguments (``enable_thinking=False``, ...) passed
   through. ``{% generation %}`` blocks (assistant masks) render their body, as in Hugging Face.
   The tests prove the output byte-identical to jinja2 on real templates.
-* Before rendering, messages get the normalization SGLang's own OpenAI server applies, so that a prompt
-  rendered here equals the one the worker would render itself: for templates that expect string content,
-  an array of text parts becomes their texts joined by a space and ``None`` content becomes ``""``;
-  tool-call ``arguments`` given as a JSON object string become a dict (templates expect dicts).
-  Non-text content parts are rejected.
+* Before rendering, messages get the normalization SGLang's own OpenAI server (and transformers) apply, so
+  that a prompt rendered here equals the one the worker would render itself: keys set to ``None`` are
+  dropped; for templates that expect string content (no loop over ``message.content``) an array of text
+  parts becomes their texts joined by a space and ``None`` content becomes ``""``, for the others parts
+  become ``{"type": "text", "text": ...}``; tool-call ``arguments`` given as a JSON object string become a
+  dict (templates expect dicts); reasoning under ``reasoning`` / ``thinking`` / ``reasoning_content`` is
+  passed as ``reasoning_content`` and ``thinking``. Non-text content parts are rejected.
 * Any failure while rendering raises :class:`TemplateError` (a ``ValueError``; the router answers 400).
 
 ``PromptBuilder`` turns a rendered prompt into token ids through ``radixrouter.PrefixCache``:
@@ -517,9 +519,9 @@ def _normalize_messages(messages: Sequence[Mapping[str, Any]], content_parts: bo
             if content is None:
                 new["content"] = ""
             elif isinstance(content, list):
-                new["content"] = _join_text_parts(content, i)
+                new["content"] = " ".join(_text_parts(content, i))
         elif isinstance(content, list):
-            _join_text_parts(content, i)  # validation only: text parts are all this router serves
+            new["content"] = [{"type": "text", "text": t} for t in _text_parts(content, i)]
         calls = new.get("tool_calls")
         if calls:
             fixed = _parse_tool_call_arguments(calls)
@@ -539,7 +541,8 @@ def _normalize_messages(messages: Sequence[Mapping[str, Any]], content_parts: bo
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
 
-def _join_text_parts(parts: list[Any], index: int) -> str:
+def _text_parts(parts: list[Any], index: int) -> list[str]:
+    """The texts of OpenAI content parts (text only: this router serves text models)."""
     texts: list[str] = []
     for part in parts:
         if isinstance(part, str):
@@ -548,12 +551,12 @@ def _join_text_parts(parts: list[Any], index: int) -> str:
         if not isinstance(part, Mapping):
             raise TemplateError(f"messages[{index}].content parts must be objects")
         kind = part.get("type", "text")
-        if kind != "text" or not isinstance(part.get("text"), str):
+        if kind not in ("text", "input_text") or not isinstance(part.get("text"), str):
             raise TemplateError(
                 f"messages[{index}].content: content part type {kind!r} is not supported (text only)"
             )
         texts.append(part["text"])
-    return " ".join(texts)
+    return texts
 
 
 def _parse_tool_call_arguments(calls: Any) -> list[Any] | None:
