@@ -73,6 +73,7 @@ SAMPLES = [
      '{"name": "get_time", "arguments": {"tz": "UTC"}}]',
      "Sure.", [("get_weather", W), ("get_time", {"tz": "UTC"})]),
     ("mistral", '[TOOL_CALLS][{"name": "f", "arguments": {}, "id": "abcdefghi"}]', None, [("f", {})]),
+    ("mistral", '[TOOL_CALLS] {"name": "f", "arguments": {"k": "v"}} done', "done", [("f", {"k": "v"})]),
     # an array element after a complete call is broken: the call stands, the rest is content
     ("mistral", '[TOOL_CALLS][{"name": "f", "arguments": {"a": 1}} {"name": "g"}]', '{"name": "g"}]',
      [("f", {"a": 1})]),
@@ -605,3 +606,24 @@ def test_group_deltas_keeps_openai_shape_and_order():
                          {"content": "z"}]) == [
         {"content": "a", **head0}, args(0, "{}"), head1, args(1, "{}"), {"content": "z"}]
     assert group_deltas([]) == []
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=edits, cuts=st.lists(st.integers(min_value=1, max_value=300), max_size=25),
+       stream_arguments=st.booleans(), in_reasoning=st.sampled_from([None, True]))
+def test_fuzz_reasoning_and_tools_together(ops, cuts, stream_arguments, in_reasoning):
+    text = mutate(QWEN3_OUTPUT, ops)
+    options = dict(tool_format="hermes", reasoning_format="qwen3", in_reasoning=in_reasoning,
+                   stream_arguments=stream_arguments)
+    one = OutputParser(**options).parse(text)
+    p = OutputParser(**options)
+    deltas = []
+    for c in split(text, cuts):
+        deltas.extend(p.feed(c))
+    deltas.extend(p.finish())
+    check_fragments(deltas)
+    merged = merge_deltas(deltas)
+    assert merged.get("reasoning_content") == one.get("reasoning_content")
+    assert (merged.get("content") or None) == (one["content"] or None)
+    assert calls_summary(p.tool_calls) == calls_summary(one.get("tool_calls", []))
+    assert p.finish_reason == ("tool_calls" if one.get("tool_calls") else None)

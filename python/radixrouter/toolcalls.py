@@ -18,7 +18,7 @@ Formats (``--tool-call-parser``; :func:`detect_tool_format` guesses one from a c
     ``{"name": ..., "parameters": {...}}`` at the start of the output or after ``<|python_tag|>``; several
     calls separated by ``;``.  A JSON object without ``name`` and ``parameters``/``arguments`` is content.
 ``mistral``
-    ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`` and the newer
+    ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`` (or a single object), and the newer
     ``[TOOL_CALLS]name[ARGS]{...}`` (optionally ``name[CALL_ID]id[ARGS]{...}``), once per call.
     ``[TOOL_CALLS]`` and ``<|python_tag|>`` are special tokens: ask the worker for
     ``skip_special_tokens: false`` when tools are in play, or the markers never reach the parser.
@@ -59,7 +59,12 @@ from typing import Any
 
 import orjson
 
-from radixrouter.reasoning import ReasoningParser, normalize_reasoning_format, prompt_in_reasoning
+from radixrouter.reasoning import (
+    ReasoningParser,
+    _partial_suffix,
+    normalize_reasoning_format,
+    prompt_in_reasoning,
+)
 
 __all__ = [
     "TOOL_FORMATS",
@@ -281,19 +286,6 @@ class _ObjectScanner:
         self.pos = i
 
 
-def _partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``marker``."""
-    first = marker[0]
-    start = max(0, len(text) - len(marker) + 1)
-    while True:
-        i = text.find(first, start)
-        if i < 0:
-            return 0
-        if marker.startswith(text[i:]):
-            return len(text) - i
-        start = i + 1
-
-
 _V11_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 _V11_HEAD = re.compile(r"([A-Za-z0-9_.:\-]{1,128})(?:\[CALL_ID\][A-Za-z0-9_\-]{0,64})?")
 _V11_WAIT = re.compile(r"[A-Za-z0-9_.:\-]{0,128}(?:\[[A-Z_]{0,7}\]?[A-Za-z0-9_\-]{0,64})?\[?[A-Z]{0,4}")
@@ -505,6 +497,11 @@ class ToolCallParser:
                     self._buf = stripped
                     self._state = _V11_HEADER
                     return True
+                if c == "{":  # a single call object without the array
+                    self._raw += ws
+                    self._after_kind = "mistral"
+                    self._start_call(_WRAPPER, stripped)
+                    return True
                 return self._malformed(out, ws, stripped)
             if kind == "array":
                 if c == "[":
@@ -567,10 +564,8 @@ class ToolCallParser:
             self._buf = stripped
             self._to_text()
             return True
-        if kind == "array":
-            self._state = _ARRAY_NEXT
-            return True
-        # mistral [ARGS] form, constrained named call: back to text
+        # mistral [ARGS] form or single object, constrained named call: back to text
+        self._buf = stripped
         self._to_text()
         return True
 
@@ -759,7 +754,7 @@ class ToolCallParser:
         if self._streaming is not None:
             self._end_streamed_call()
             self._raw = ""
-            self._state = _AFTER
+            self._state = _ARRAY_NEXT if self._after_kind == "array" else _AFTER
             return
         decoded = self._decode(sc, obj_text)
         if decoded is None:
@@ -776,7 +771,7 @@ class ToolCallParser:
         if call is not None:
             self._args(out, call, arguments)
         self._raw = ""
-        self._state = _AFTER
+        self._state = _ARRAY_NEXT if self._after_kind == "array" else _AFTER
 
     def _decode(self, sc: _ObjectScanner, text: str) -> tuple[str, str] | None:
         try:
