@@ -7,6 +7,7 @@ import time
 
 import openai
 import pytest
+
 from simutil import SimWorker, SimWorkers
 from test_router import KEY, MODEL, RouterProcess
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from simutil import SimWorker, SimWorkers, free_port, http_json
 
 from radixrouter import SseDecoder
 from radixrouter.tokenizer import qwen3_files
+from simutil import SimWorker, SimWorkers, free_port, http_json
 
 MODEL = "qwen3-sim"
 KEY = "sk-router-test"

@@ -14,11 +14,11 @@ import threading
 
 import pytest
 from aiohttp import web
-from simutil import free_port
-from test_router import MODEL, RouterProcess
 
 import radixrouter
 from radixrouter.tokenizer import ChatTokenizer
+from simutil import free_port
+from test_router import MODEL, RouterProcess
 
 IM_END = 151645
 SAMPLED = {  # text -> ids as a model could sample them (non-canonical BPE splits), then <|im_end|>

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
+import os
 import random
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -69,6 +70,15 @@ _ROLE_DELTA = b'{"role":"assistant","content":""}'
 _EMPTY_DELTA = b"{}"
 _NULL = b"null"
 _FINISH = {"stop": b'"stop"', "length": b'"length"', "tool_calls": b'"tool_calls"', "content_filter": b'"content_filter"'}
+
+
+_ID_PREFIX = os.urandom(6).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_id() -> str:
+    """A request id unique to this process run (random prefix + counter; no syscall per request)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
 
 
 def _body(data: bytes, more: bool = False) -> dict:
@@ -319,7 +329,8 @@ class App:
             return
         self._started = True
         cfg = self.config
-        self.upstream = Upstream(connect_timeout=cfg.connect_timeout, request_timeout=cfg.request_timeout)
+        self.upstream = Upstream(connect_timeout=cfg.connect_timeout, request_timeout=cfg.request_timeout,
+                                 client=cfg.upstream_client)
         await self._probe_all()
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
 
@@ -712,12 +723,12 @@ class App:
     def _observe(self, route: str, ex: Exchange, t_first: float | None, t_last: float | None, chunks: int,
                  usage: tuple[int, int, int]) -> None:
         m = self.metrics
-        now = time.perf_counter()
-        m.e2e.labels(route).observe(now - ex.t0)
+        e2e, ttft, itl = m.route_histograms(route)
+        e2e.observe(time.perf_counter() - ex.t0)
         if t_first is not None:
-            m.ttft.labels(route).observe(t_first - ex.t0)
+            ttft.observe(t_first - ex.t0)
             if chunks > 1 and t_last is not None:
-                m.itl.labels(route).observe((t_last - t_first) / (chunks - 1))
+                itl.observe((t_last - t_first) / (chunks - 1))
         m.usage(*usage)
 
     # ------------------------------------------------------------------ /v1/chat/completions
@@ -736,7 +747,7 @@ class App:
         prompt, ids = self._prepare(text)
         p = creq.params
         ctx = RouteContext(text=text)
-        cid = "chatcmpl-" + uuid.uuid4().hex
+        cid = "chatcmpl-" + new_id()
         created = int(time.time())
         watcher = self._watch(ex)
         try:
@@ -772,7 +783,7 @@ class App:
 
     async def _chat_full(self, ex, creq, text, prompt, ids, ctx, cid, created) -> int:
         p = creq.params
-        rid = uuid.uuid4().hex
+        rid = new_id()
         subs = self._sub_requests(p, ids, None if ids is not None else text, False, rid)
         served: dict[int, Worker] = {}
 
@@ -827,7 +838,7 @@ class App:
         p = creq.params
         if p.n > 1:
             return await self._stream_fanout(ex, p, text, prompt, ids, ctx, cid, created, creq)
-        rid = uuid.uuid4().hex
+        rid = new_id()
         body = self._gen_body(ids, None if ids is not None else text, p.sampling if p.seed is None else
                               dict(p.sampling, sampling_seed=p.seed), True, rid, p.logprobs, p.top_logprobs)
         frames = ChatFrames(cid, created, p.model, p.include_usage)
@@ -923,7 +934,7 @@ class App:
             cid, created, p.model, p.include_usage)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        rid = uuid.uuid4().hex
+        rid = new_id()
         # (index, prompt object, prompt text, ids, route ctx)
         jobs = []
         if prompts is None:
@@ -1102,7 +1113,7 @@ class App:
                     raise bad("'echo' with token-id prompts needs a tokenizer (--model-path)", "echo")
                 prompts.append((None, ptext, list(pr), RouteContext(text=ptext)))
                 echo_texts.append(ptext)
-        cid = "cmpl-" + uuid.uuid4().hex
+        cid = "cmpl-" + new_id()
         created = int(time.time())
         watcher = self._watch(ex)
         try:
@@ -1115,11 +1126,11 @@ class App:
 
     async def _completion_full(self, ex, creq, prompts, echo_texts, cid, created) -> int:
         p = creq.params
-        rid = uuid.uuid4().hex
+        rid = new_id()
         served: dict[int, Worker] = {}
         jobs = []
         k = 0
-        for pi, (prompt, ptext, ids, ctx) in enumerate(prompts):
+        for pi, (_prompt, ptext, ids, ctx) in enumerate(prompts):
             for j in range(p.n):
                 sp = p.sampling if p.seed is None else dict(p.sampling, sampling_seed=p.seed + j)
                 r = rid if len(prompts) * p.n == 1 else f"{rid}-{k}"
@@ -1148,7 +1159,7 @@ class App:
             choices = await self._gather(one(k, r, b, c) for k, _pi, r, b, c in jobs)
         out = []
         pt = cached = ct = 0
-        for ch, (_k, pi, _r, _b, _c) in zip(choices, jobs):
+        for ch, (_k, pi, _r, _b, _c) in zip(choices, jobs, strict=True):
             meta = ch.meta
             if ch.index % p.n == 0:
                 pt += meta.get("prompt_tokens", 0) or 0
@@ -1182,8 +1193,8 @@ class App:
             raise bad("'text' must be a string", "text")
         if has_ids:
             ids = req["input_ids"]
-            if not isinstance(ids, list) or not ids or not all(
-                    isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+            # the worker validates each id; the router only needs a flat, non-empty list
+            if not isinstance(ids, list) or not ids or isinstance(ids[0], list):
                 raise bad("'input_ids' must be a non-empty list of token ids (batches are not supported)", "input_ids")
         sp = req.get("sampling_params")
         if sp is not None and not isinstance(sp, dict):
@@ -1193,7 +1204,7 @@ class App:
             raise bad("'stream' must be a boolean", "stream")
         rid = req.get("rid")
         if rid is None:
-            rid = req["rid"] = uuid.uuid4().hex
+            rid = req["rid"] = new_id()
         elif not isinstance(rid, str):
             raise bad("'rid' must be a string (batches are not supported)", "rid")
         prompt = None

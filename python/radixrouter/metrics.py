@@ -78,9 +78,17 @@ class Metrics:
         self.retries = Counter("radixrouter_retries", "Requests moved to another worker", ["reason"], registry=r)
         self.aborts = Counter("radixrouter_aborts", "Abort requests sent to workers on client disconnect", registry=r)
         self._children: dict[tuple[str, int], Any] = {}
+        self._hist: dict[str, tuple] = {}
 
     def attach_state(self, workers: Callable[[], Iterable[Any]], cache_stats: Callable[[], dict | None]) -> None:
         self.registry.register(_StateCollector(workers, cache_stats))
+
+    def route_histograms(self, route: str):
+        """(e2e, ttft, inter-token) histogram children of a route, resolved once."""
+        h = self._hist.get(route)
+        if h is None:
+            h = self._hist[route] = (self.e2e.labels(route), self.ttft.labels(route), self.itl.labels(route))
+        return h
 
     def count_request(self, route: str, status: int) -> None:
         key = (route, status)
