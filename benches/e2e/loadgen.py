@@ -215,8 +215,9 @@ async def closed_loop(url: str, sc: Scenario, model: str) -> tuple[list[Result],
 
 
 async def multiturn(url: str, sc: Scenario, model: str) -> tuple[list[Result], float, float]:
-    """`conversations` chats of `turns` turns, `concurrency` conversations at a time; each turn resends the
-    whole history (system prompt shared by a group of conversations) plus a new user message."""
+    """`conversations` chats of `turns` turns, all interleaved with at most `concurrency` requests in
+    flight (so the working set is every conversation at once); each turn resends the whole history (system
+    prompt shared by a group of conversations) plus a new user message."""
     rng = random.Random(7)
     systems = [
         f"You are assistant number {i}. " + words(rng, sc.system_words) for i in range(sc.system_prompts)
@@ -230,19 +231,15 @@ async def multiturn(url: str, sc: Scenario, model: str) -> tuple[list[Result], f
         async def conversation(c: int) -> None:
             crng = random.Random(1000 + c)
             messages = [{"role": "system", "content": systems[c % len(systems)]}]
-            async with sem:
-                for t in range(sc.turns):
-                    messages.append({"role": "user", "content": f"Turn {t}: " + words(crng, sc.user_words)})
-                    r = await chat(
-                        s,
-                        endpoint,
-                        {"model": model, "max_tokens": sc.max_tokens, "messages": messages},
-                        sc.stream,
-                    )
-                    results.append(r)
-                    if not r.ok:
-                        return
-                    messages.append({"role": "assistant", "content": r.text})
+            for t in range(sc.turns):
+                messages.append({"role": "user", "content": f"Turn {t}: " + words(crng, sc.user_words)})
+                body = {"model": model, "max_tokens": sc.max_tokens, "messages": messages}
+                async with sem:  # per request: all conversations advance, interleaved
+                    r = await chat(s, endpoint, body, sc.stream)
+                results.append(r)
+                if not r.ok:
+                    return
+                messages.append({"role": "assistant", "content": r.text})
 
         t0 = time.perf_counter()
         await asyncio.gather(*(conversation(c) for c in range(sc.conversations)))
