@@ -289,6 +289,7 @@ def test_loss_mask_and_logprobs(builder, qwen, cache) -> None:
     messages.append({"role": "user", "content": "Bye"})
     out2 = worker_ids(qwen, "bye", canonical=True)
     p2 = chat(builder, messages, "bye", out2, output_logprobs=[-1.0] * len(out2), worker="w2")
+    assert p2.match.workers.get("w1", 0) >= len(p1.text)  # the lookup is kept for routing decisions
     m2 = cache.match(p2.text + "bye<|im_end|>")
     assert m2.token_ids == p2.ids + out2
     k1 = len(p1.ids)

@@ -590,13 +590,13 @@ def _parse_tool_call_arguments(calls: Any) -> list[Any] | None:
 class Prompt:
     """A tokenized prompt: ``text``, ``ids``, and ``cached_tokens`` (how many ids came from the cache)."""
 
-    __slots__ = ("text", "ids", "cached_tokens", "_match")
+    __slots__ = ("text", "ids", "cached_tokens", "match")
 
     def __init__(self, text: str, ids: list[int], cached_tokens: int = 0, match: Any = None) -> None:
         self.text = text
         self.ids = ids
         self.cached_tokens = cached_tokens
-        self._match = match  # the PrefixMatch the reused ids came from
+        self.match = match  # the PrefixMatch of the lookup (None without one); reused ids come from it
 
     def ids_json(self) -> bytes:
         """The ids as a JSON array (for ``input_ids`` in a request body)."""
@@ -642,6 +642,8 @@ class PromptBuilder:
     # -- tokenize ---------------------------------------------------------------------------------------
 
     def tokenize(self, text: str) -> Prompt:
+        """The prompt's token ids, reusing what the cache holds (see the module docstring).
+        ``Prompt.match`` keeps the cache lookup (e.g. for its ``workers``)."""
         tok = self.tokenizer
         cache = self.cache
         if cache is None or not self.exact_seams or not text:
@@ -650,7 +652,7 @@ class PromptBuilder:
         m = cache.match(text)
         n = m.token_count
         if n == 0:
-            return Prompt(text, tok.encode(text))
+            return Prompt(text, tok.encode(text), 0, m)
         cached = m.token_ids
         seam = m.length
         k = n
@@ -664,12 +666,12 @@ class PromptBuilder:
                 k -= 1
             self.backoffs += 1
             if k == 0:
-                return Prompt(text, tok.encode(text))
+                return Prompt(text, tok.encode(text), 0, m)
             dropped = tok.decode(cached[k:n], skip_special_tokens=False)
             seam -= len(dropped)
             if seam < 0 or not text.startswith(dropped, seam):
                 self.fallbacks += 1
-                return Prompt(text, tok.encode(text))
+                return Prompt(text, tok.encode(text), 0, m)
             del cached[k:]
         if seam < len(text):
             cached += tok.encode(text[seam:])
@@ -708,7 +710,7 @@ class PromptBuilder:
         mask: list[int] | None = None
         logprobs: list[float] | None = None
         if k:
-            m = prompt._match
+            m = prompt.match
             pre_mask = m.loss_mask
             if any(pre_mask[:k]):
                 mask = pre_mask[:k] + [0] * (len(ids) - k)
