@@ -574,3 +574,14 @@ def test_concurrent_streams_all_complete(router):
     assert not errors and len(results) == 16
     for raw in results:
         check_stream_bytes(raw)
+
+
+def test_aiohttp_upstream_client_works_too(sims):
+    with RouterProcess(sims.urls, upstream_client="aiohttp") as router:
+        r = post(router.url + "/v1/chat/completions", dict(CHAT, stream=True), key=None)
+        chunks = check_stream_bytes(r.content)
+        full = post(router.url + "/v1/chat/completions", CHAT, key=None).json()
+        assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == \
+            full["choices"][0]["message"]["content"]
+        r = post(router.url + "/generate", {"text": "hi", "sampling_params": {"bogus": 1}}, key=None)
+        assert r.status_code == 400
