@@ -590,6 +590,13 @@ def test_output_processor_factory():
     proc.feed(SAMPLES[1][1])
     proc.finish()
     assert len(proc.tool_calls) == 1
+    # constrained decoding for a named function: the output is the arguments object
+    factory = make_output_processor_factory("hermes", None, constrained=True)
+    req = SimpleNamespace(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    proc = factory(req, "")
+    deltas = proc.feed('{"city": "Oslo"}') + proc.finish()
+    assert calls_summary(proc.tool_calls) == [("get_weather", '{"city": "Oslo"}')]
+    check_fragments(deltas)
 
 
 def test_group_deltas_keeps_openai_shape_and_order():

@@ -1128,6 +1128,7 @@ def make_output_processor_factory(
     reasoning_format: str | None,
     *,
     stream_arguments: bool = False,
+    constrained: bool = False,
 ) -> Callable[[Any, str], OutputParser | None] | None:
     """The router's ``output_processor_factory`` for ``--tool-call-parser`` / ``--reasoning-parser``.
 
@@ -1135,6 +1136,8 @@ def make_output_processor_factory(
     parsing only when the request has tools; the router drops them for tool_choice ``none``), and, when
     present, ``tool_choice`` (raw or :class:`ToolChoice`) and ``parallel_tool_calls``; the rendered prompt
     tells whether the output starts inside a reasoning block (:func:`prompt_in_reasoning`).
+    ``constrained=True``: the router sends :func:`tool_choice_json_schema` to the worker for tool_choice
+    ``required`` / a named function, so those outputs are parsed as constrained JSON.
     """
     tool_fmt = normalize_tool_format(tool_format) if tool_format else None
     reasoning_fmt = normalize_reasoning_format(reasoning_format) if reasoning_format else None
@@ -1158,6 +1161,7 @@ def make_output_processor_factory(
             tool_choice=choice,
             stream_arguments=stream_arguments,
             parallel_tool_calls=parallel is not False,
+            constrained=constrained and use_tools,
         )
 
     return factory
