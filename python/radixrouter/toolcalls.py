@@ -44,9 +44,15 @@ way).  The default (``False``) never sends a call whose JSON is not valid; calls
 fragments (the head, then the whole arguments) when their JSON closes.
 
 Request side: :func:`validate_tools` and :func:`validate_tool_choice` check ``tools`` / ``tool_choice`` and
-raise :class:`ToolRequestError` (a ``ValueError`` carrying the OpenAI ``param``) for a 400.
+raise :class:`ToolRequestError` (a ``ValueError`` carrying the OpenAI ``param``) for a 400.  What the
+router does per ``tool_choice``:
+- ``none``: render without tools (as SGLang does) and do not parse; ``auto``: render tools, parse.
+- ``required`` / a named function: either constrain the output (send :func:`tool_choice_json_schema` as
+  ``sampling_params["json_schema"]``, parse with ``constrained=True``; render reasoning models with thinking
+  off, since the constraint binds from the first token), or, without constraints, render tools and parse
+  as for ``auto``: the model is then only asked, and an answer without a (matching) call is returned as is.
 :class:`OutputParser` composes reasoning separation (:mod:`radixrouter.reasoning`) and tool-call parsing
-into one object the router feeds; see its docstring for the calling convention.
+into the router's output processor; :func:`make_output_processor_factory` builds it per request.
 """
 
 from __future__ import annotations
