@@ -75,3 +75,7 @@ clean: ## remove build products and the virtualenv
 .PHONY: demo
 demo: build-dev ## two simulated workers + the router, a streamed multi-turn chat through the openai client
 	$(BIN)/radixrouter demo
+
+.PHONY: bench-e2e
+bench-e2e: build-prod ## end-to-end load harness: sim workers behind radixrouter, sglang-router (+ litellm if LITELLM_BIN); E2E_ARGS=...
+	$(PY) benches/e2e/run.py $(E2E_ARGS)

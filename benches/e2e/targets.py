@@ -232,19 +232,33 @@ class RadixRouter(Target):
 
 
 class LiteLLM(Target):
-    """LiteLLM proxy in front of the workers' OpenAI endpoints (optional: only if `litellm` is on PATH)."""
+    """LiteLLM proxy in front of the workers' OpenAI endpoints. Optional: used when `litellm` is found
+    ($LITELLM_BIN, then PATH, then beside this Python). Install it in its own venv so its pins do not
+    disturb the project's: `python -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install
+    'litellm[proxy]'`, then `LITELLM_BIN=/tmp/litellm-venv/bin/litellm`."""
 
     name = "litellm"
     policy = "simple-shuffle"
 
+    @staticmethod
+    def exe() -> str | None:
+        for cand in (
+            os.environ.get("LITELLM_BIN"),
+            shutil.which("litellm"),
+            str(Path(sys.executable).parent / "litellm"),
+        ):
+            if cand and Path(cand).is_file():
+                return cand
+        return None
+
     @classmethod
     def available(cls) -> str | None:
-        if shutil.which("litellm") is None and not (Path(sys.executable).parent / "litellm").exists():
-            return "litellm proxy not installed (pip install 'litellm[proxy]')"
+        if cls.exe() is None:
+            return "litellm proxy not installed (set LITELLM_BIN; see benches/e2e/targets.py)"
         return None
 
     def command(self, host: str, port: int, worker_urls: list[str], model_dir: str) -> list[str]:
-        cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        cfg = tempfile.NamedTemporaryFile("w", prefix="litellm-", suffix=".yaml", delete=False)
         lines = ["model_list:"]
         for u in worker_urls:
             lines += [
@@ -254,11 +268,20 @@ class LiteLLM(Target):
                 f"      api_base: {u}/v1",
                 "      api_key: none",
             ]
-        lines += ["litellm_settings:", "  drop_params: true", "  num_retries: 0"]
+        lines += ["litellm_settings:", "  drop_params: true", "  num_retries: 0", "  telemetry: false"]
         cfg.write("\n".join(lines) + "\n")
         cfg.close()
-        exe = shutil.which("litellm") or str(Path(sys.executable).parent / "litellm")
-        return [exe, "--config", cfg.name, "--host", host, "--port", str(port), "--num_workers", "1"]
+        return [
+            self.exe() or "litellm",
+            "--config",
+            cfg.name,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ]
 
     def ready_path(self) -> str:
         return "/health/liveliness"
