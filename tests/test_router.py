@@ -585,3 +585,22 @@ def test_aiohttp_upstream_client_works_too(sims):
             full["choices"][0]["message"]["content"]
         r = post(router.url + "/generate", {"text": "hi", "sampling_params": {"bogus": 1}}, key=None)
         assert r.status_code == 400
+
+
+def test_text_mode_without_tokenizer(sims):
+    """No tokenizer: chat is relayed to the worker's own OpenAI endpoint (it templates), completions and
+    /generate send `text`."""
+    with RouterProcess(sims.urls, qwen3=False, served_model_name=MODEL) as router:
+        r = post(router.url + "/v1/chat/completions", dict(CHAT, stream=True, stream_options={"include_usage": True}),
+                 key=None)
+        assert r.status_code == 200 and r.headers["content-type"] == "text/event-stream"
+        chunks = check_stream_bytes(r.content)
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+        full = post(router.url + "/v1/chat/completions", CHAT, key=None)
+        assert full.status_code == 200 and full.json()["choices"][0]["message"]["content"]
+        assert post(router.url + "/v1/chat/completions", dict(CHAT, messages=[]), key=None).status_code == 400
+        c = post(router.url + "/v1/completions", {"model": MODEL, "prompt": "Hello", "max_tokens": 4}, key=None)
+        assert c.status_code == 200 and c.json()["choices"][0]["text"]
+        g = post(router.url + "/generate", {"text": "Hello", "sampling_params": {"max_new_tokens": 3}}, key=None)
+        assert g.status_code == 200 and len(g.json()["output_ids"]) == 3

@@ -567,7 +567,7 @@ class App:
             if w is None:
                 break
             if attempt:
-                self.metrics.retries.labels("worker_failure").inc()
+                self.metrics.retry("worker_failure")
                 await asyncio.sleep(random.uniform(0, cfg.retry_backoff * (1 << (attempt - 1))))
             tried.add(w)
             w.in_flight += 1
@@ -607,7 +607,7 @@ class App:
             except asyncio.CancelledError:
                 # the client left (or a sibling choice failed): stop the work on the worker at once
                 upstream.abort(w.url, rid)
-                self.metrics.aborts.inc()
+                self.metrics.abort()
                 raise
             finally:
                 w.in_flight -= 1
@@ -736,9 +736,7 @@ class App:
         req = await self._json_body(ex)
         creq = parse_chat(req, self.model_name)
         if self.tokenizer is None:
-            raise ApiError(
-                501, "chat completions need a tokenizer and chat template (start the router with --model-path "
-                "or --tokenizer); use /v1/completions or /generate in text mode", code="not_implemented")
+            return await self._relay_chat(ex, req, creq)
         try:
             text = self.tokenizer.render(creq.messages, tools=creq.tools, add_generation_prompt=True,
                                          **creq.template_kwargs)
@@ -756,6 +754,90 @@ class App:
             return await self._chat_full(ex, creq, text, prompt, ids, ctx, cid, created)
         finally:
             watcher.cancel()
+
+    async def _relay_chat(self, ex: Exchange, req: dict, creq: ChatRequest) -> int:
+        """Text mode (no tokenizer): the worker's own OpenAI endpoint templates and tokenizes; the router
+        relays (validated request, strict re-encoding of the stream) and keeps worker affinity by text."""
+        rid = new_id()
+        req["rid"] = rid
+        body = _dumps(req)
+        key = "\n".join(m["content"] if isinstance(m.get("content"), str) else "" for m in creq.messages)
+        ctx = RouteContext(text=key)
+        loop = asyncio.get_running_loop()
+        stream = creq.params.stream
+        stats = [None, None, 0]
+
+        async def consume(w: Worker, resp):
+            if not stream:
+                try:
+                    data = await resp.read()
+                except TRANSPORT_ERRORS as e:
+                    raise UpstreamFailure(ApiError(502, f"worker {w.url} failed: {e}", code="upstream_error"),
+                                          True) from None
+                return w, data
+            dec = SseDecoder()
+            content = resp.content
+            deadline = loop.time() + self.config.first_token_timeout
+            emitted = False
+            while True:
+                try:
+                    chunk = await (content.readany() if emitted else self._next_chunk(ex, w, content, deadline, True))
+                except TRANSPORT_ERRORS as e:
+                    raise UpstreamFailure(ApiError(502, f"worker {w.url} connection failed: {e}",
+                                                   code="upstream_error"), not emitted) from None
+                if not chunk:
+                    raise UpstreamFailure(ApiError(502, f"worker {w.url} ended the stream early",
+                                                   code="upstream_error"), not emitted)
+                out = []
+                done = False
+                for ev in dec.feed(chunk):
+                    data = ev.data
+                    if not data:
+                        continue
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    out.append(encode_event(data))
+                if out:
+                    if not ex.started:
+                        await self._start_sse(ex, w)
+                    emitted = True
+                    now = time.perf_counter()
+                    if stats[0] is None:
+                        stats[0] = now
+                    stats[1] = now
+                    stats[2] += 1
+                if done:
+                    out.append(_DONE)
+                    if not ex.started:
+                        await self._start_sse(ex, w)
+                    await ex.send(_body(b"".join(out), False))
+                    return w, None
+                if out:
+                    await ex.send(_body(b"".join(out), True))
+
+        watcher = self._watch(ex)
+        try:
+            w, data = await self._call(ex, ctx, "/v1/chat/completions", body, rid, consume)
+        finally:
+            watcher.cancel()
+        if self.cache is not None and key:
+            try:
+                self.cache.insert(key, [], [], worker=w.url)
+            except Exception:  # noqa: BLE001
+                log.exception("recording worker affinity failed")
+        if stream:
+            self._observe("chat", ex, stats[0], stats[1], stats[2], (0, 0, 0))
+            return 200
+        usage = (0, 0, 0)
+        try:
+            u = _loads(data).get("usage") or {}
+            details = u.get("prompt_tokens_details") or {}
+            usage = (u.get("prompt_tokens") or 0, details.get("cached_tokens") or 0, u.get("completion_tokens") or 0)
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+        self._observe("chat", ex, None, None, 0, usage)
+        return await self._send_json(ex, data, worker=w)
 
     def _make_proc(self, creq: ChatRequest, text: str):
         f = self.output_processor_factory
