@@ -187,30 +187,52 @@ def _decode_key(raw: str) -> str:
 
 
 class _ObjectScanner:
-    """Follows one JSON object (``text[0] == "{"``) as it arrives, without validating it.
+    """Follows one JSON object (its first character is ``{``) as it arrives, chunk by chunk, without
+    validating it; each character is scanned once and the chunks are joined only when the text is needed.
 
     It knows where the object ends (``end``, exclusive) and where top-level values lie (``spans``: key ->
     (start, end) of the first complete value under that key, with ``arguments`` and ``parameters`` both
     recorded as ``"args"``; ``key``/``val_start`` for the value being read; ``dup`` if a key repeats).
-    Validation is left to orjson once the object is complete.
+    Offsets count from the object's first character.  Validation is left to orjson once the object is
+    complete.
     """
 
-    __slots__ = ("after_colon", "depth", "dup", "end", "expect_key", "in_str", "key", "pos", "spans",
-                 "str_start", "text", "val_start")
+    __slots__ = ("after_colon", "args_start", "depth", "dup", "end", "esc", "expect_key", "in_str", "key", "parts",
+                 "size", "spans", "str_start", "val_start")
 
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0  # characters fed (and scanned)
         self.depth = 0
         self.in_str = False
+        self.esc = False  # a backslash ended the last chunk inside a string
         self.str_start = -1
         self.expect_key = False
         self.key: str | None = None
         self.after_colon = False
         self.val_start = -1
+        self.args_start = -1  # where the first arguments value begins, once known (never changes after)
         self.spans: dict[str, tuple[int, int]] = {}
         self.dup = False
         self.end = -1
+
+    def text(self) -> str:
+        if len(self.parts) > 1:
+            self.parts = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
+
+    def get(self, a: int, b: int) -> str:
+        """``text()[a:b]``, cheap for recent text."""
+        out = []
+        end = self.size
+        for part in reversed(self.parts):
+            start = end - len(part)
+            if start < b and end > a:
+                out.append(part[max(a - start, 0): b - start])
+            if start <= a:
+                break
+            end = start
+        return "".join(reversed(out))
 
     def _close_value(self, end: int) -> None:
         if self.key is not None:
@@ -223,22 +245,27 @@ class _ObjectScanner:
 
     def _close_scalar(self, j: int) -> None:
         if self.val_start >= 0:
-            self._close_value(self.val_start + len(self.text[self.val_start:j].rstrip()))
+            self._close_value(self.val_start + len(self.get(self.val_start, j).rstrip()))
 
-    def scan(self, limit: int) -> None:
-        """Advance up to ``limit`` (an escape pair may be completed past it); stops at the object's end."""
-        t = self.text
-        i = self.pos
-        while i < limit:
+    def feed(self, t: str) -> int:
+        """Scan a chunk; returns how many of its characters belong to the object (all, unless it ended)."""
+        base = self.size
+        n = len(t)
+        self.parts.append(t)
+        self.size = base + n
+        i = 0
+        if self.esc and n:
+            self.esc = False
+            i = 1
+        while i < n:
             if self.in_str:
-                m = _STR_STOP.search(t, i, limit)
+                m = _STR_STOP.search(t, i)
                 if m is None:
-                    i = limit
                     break
                 j = m.start()
                 if t[j] == "\\":
-                    if j + 1 >= len(t):
-                        i = j  # wait for the escaped character
+                    if j + 1 >= n:
+                        self.esc = True  # the escaped character comes with the next chunk
                         break
                     i = j + 2
                     continue
@@ -246,30 +273,30 @@ class _ObjectScanner:
                 self.in_str = False
                 if self.depth == 1:
                     if self.expect_key:
-                        key = _decode_key(t[self.str_start:i])
+                        key = _decode_key(self.get(self.str_start, base + i))
                         self.key = "args" if key in _ARG_KEYS else key
                         self.expect_key = False
                     elif self.val_start == self.str_start:
-                        self._close_value(i)
+                        self._close_value(base + i)
                 continue
             if self.after_colon:
-                m = _NON_WS.search(t, i, limit)
+                m = _NON_WS.search(t, i)
                 if m is None:
-                    i = limit
                     break
                 i = m.start()
-                self.val_start = i
+                self.val_start = base + i
                 self.after_colon = False
-            m = _STRUCT_STOP.search(t, i, limit)
+                if self.key == "args" and self.args_start < 0:
+                    self.args_start = self.val_start
+            m = _STRUCT_STOP.search(t, i)
             if m is None:
-                i = limit
                 break
             j = m.start()
             c = t[j]
             i = j + 1
             if c == '"':
                 self.in_str = True
-                self.str_start = j
+                self.str_start = base + j
             elif c == "{" or c == "[":
                 if self.depth == 0:
                     self.expect_key = True
@@ -278,18 +305,20 @@ class _ObjectScanner:
                 self.depth -= 1
                 if self.depth == 1:
                     if self.val_start >= 0:
-                        self._close_value(i)
+                        self._close_value(base + i)
                 elif self.depth <= 0:
-                    self._close_scalar(j)
-                    self.end = i
-                    break
+                    self._close_scalar(base + j)
+                    self.end = base + i
+                    self.parts[-1] = t[:i]
+                    self.size = base + i
+                    return i
             elif c == ",":
                 if self.depth == 1:
-                    self._close_scalar(j)
+                    self._close_scalar(base + j)
                     self.expect_key = True
             elif self.depth == 1 and self.key is not None:  # ':'
                 self.after_colon = True
-        self.pos = i
+        return n
 
 
 _V11_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
@@ -338,6 +367,8 @@ class ToolCallParser:
         self._kind = _WRAPPER
         self._pending_name = ""  # name of an _ARGS_ONLY call
         self._streaming: _Call | None = None  # call whose head was already sent (stream_arguments)
+        self._no_stream = False  # stream_arguments: this call cannot stream (its name is not first / not valid)
+        self._args_start = 0
         self._sent = 0  # scanner offset up to which its arguments were sent
         self._at_start = True  # llama3: a bare "{" here opens a call
         self._final_text = False  # after a constrained call: the rest is content, no markup
@@ -401,7 +432,7 @@ class ToolCallParser:
             if self._streaming is not None:
                 self._end_streamed_call()
             else:
-                self._text(out, self._raw + sc.text)
+                self._text(out, self._raw + sc.text() + self._buf)
         elif st == _AFTER:
             self._text(out, self._buf.lstrip())  # whitespace right after a call is dropped, as in _step
         elif st in (_OPEN, _ARRAY_ITEM, _ARRAY_NEXT, _V11_HEADER, _LLAMA_NEXT):
@@ -649,8 +680,9 @@ class ToolCallParser:
     # -- one JSON object -----------------------------------------------------------------------------------
     def _start_call(self, kind: int, text: str) -> None:
         self._kind = kind
-        self._scanner = _ObjectScanner(text)
-        self._buf = ""
+        self._scanner = _ObjectScanner()
+        self._buf = text
+        self._no_stream = False
         self._streaming = None
         self._sent = 0
         self._state = _CALL
@@ -658,45 +690,43 @@ class ToolCallParser:
     def _step_call(self, out: list[dict[str, Any]]) -> bool:
         sc = self._scanner
         assert sc is not None
-        if self._buf:
-            sc.text += self._buf
-            self._buf = ""
-        text = sc.text
+        buf = self._buf
         close = self._after_kind == "hermes"
         while True:
             tag = -1
             if close:
-                tag = text.find(_HERMES_CLOSE, sc.pos)
-                limit = tag if tag >= 0 else len(text) - _partial_suffix(text, _HERMES_CLOSE)
+                tag = buf.find(_HERMES_CLOSE)
+                limit = tag if tag >= 0 else len(buf) - _partial_suffix(buf, _HERMES_CLOSE)
             else:
-                limit = len(text)
-            sc.scan(limit)
-            if self._stream:
+                limit = len(buf)
+            used = sc.feed(buf[:limit]) if limit > 0 else 0
+            buf = buf[used:]
+            if self._stream and not self._no_stream:
                 self._stream_progress(out, sc)
             if sc.end >= 0:
+                self._buf = buf
                 self._end_call(out, sc)
                 return True
-            if tag >= 0 and sc.pos == tag:
-                if sc.in_str:  # the closing tag is inside a JSON string: part of the value
-                    sc.scan(tag + len(_HERMES_CLOSE))
-                    continue
-                # the closing tag came before the object was complete
-                if self._streaming is not None:
-                    self._end_streamed_call()
-                    self._buf = text[tag:]
-                    self._scanner = None
-                    self._state = _AFTER
-                else:
-                    self._scanner = None
-                    self._text(out, self._raw + text[:tag])
-                    self._raw = ""
-                    self._buf = text[tag:]
-                    self._state = _TEXT
-                    self._open_kind = self._after_kind = self.format
-                return True
-            if tag >= 0 and sc.pos > tag:
-                continue  # an escape pair swallowed the tag's first character: look for the next one
-            return False
+            if tag < 0:
+                self._buf = buf
+                return False
+            # buf starts with the closing tag
+            if sc.in_str:  # the tag is inside a JSON string: part of the value
+                sc.feed(buf[: len(_HERMES_CLOSE)])
+                buf = buf[len(_HERMES_CLOSE):]
+                continue
+            # the closing tag came before the object was complete
+            self._scanner = None
+            self._buf = buf
+            if self._streaming is not None:
+                self._end_streamed_call()
+                self._state = _AFTER
+            else:
+                self._text(out, self._raw + sc.text())
+                self._raw = ""
+                self._state = _TEXT
+                self._open_kind = self._after_kind = self.format
+            return True
 
     def _stream_progress(self, out: list[dict[str, Any]], sc: _ObjectScanner) -> None:
         """stream_arguments: send the head once the name and the start of the arguments object are known,
@@ -706,34 +736,36 @@ class ToolCallParser:
             if self._kind == _ARGS_ONLY:
                 start = 0
             else:
-                if "args" in sc.spans:  # the first arguments value, complete
-                    start = sc.spans["args"][0]
-                elif sc.key == "args" and sc.val_start >= 0:  # the first arguments value, being read
-                    start = sc.val_start
-                else:
+                start = sc.args_start
+                if start < 0:
                     return
+                # decided once, on facts that never change (the first arguments value's start, the name
+                # before it), so the outcome does not depend on the chunking: stream now or never
+                self._no_stream = True
                 span = sc.spans.get("name")
-                if span is None or span[1] > start or sc.text[start] != "{":
+                if span is None or span[1] > start or sc.get(start, start + 1) != "{":
                     return
                 try:
-                    name = orjson.loads(sc.text[span[0]:span[1]])
+                    name = orjson.loads(sc.get(span[0], span[1]))
                 except orjson.JSONDecodeError:
                     return
                 if not isinstance(name, str) or not name:
                     return
+                self._no_stream = False
                 self._pending_name = name
             call = self._new_call(out, self._pending_name)
             if call is None:
+                self._no_stream = True
                 return
             self._streaming = call
-            self._sent = start
+            self._sent = self._args_start = start
         if self._kind == _ARGS_ONLY:
-            end = sc.end if sc.end >= 0 else sc.pos
+            end = sc.end if sc.end >= 0 else sc.size
         else:
             span = sc.spans.get("args")
-            end = span[1] if span is not None else sc.pos
+            end = span[1] if span is not None and span[0] == self._args_start else sc.size
         if end > self._sent:
-            self._args(out, call, sc.text[self._sent:end])
+            self._args(out, call, sc.get(self._sent, end))
             self._sent = end
 
     def _end_streamed_call(self) -> None:
@@ -752,10 +784,7 @@ class ToolCallParser:
         self._streaming = None
 
     def _end_call(self, out: list[dict[str, Any]], sc: _ObjectScanner) -> None:
-        end = sc.end
-        text = sc.text
-        self._buf = text[end:] + self._buf
-        obj_text = text[:end]
+        obj_text = sc.text()
         self._scanner = None
         if self._streaming is not None:
             self._end_streamed_call()
