@@ -564,6 +564,8 @@ class App:
         last: ApiError | None = None
         for attempt in range(cfg.max_retries + 1):
             w = pool.pick(ctx, tried)
+            if w is None and attempt:
+                w = pool.pick(ctx)  # every worker was tried: try again after the backoff
             if w is None:
                 break
             if attempt:
