@@ -38,6 +38,6 @@ def test_harness_direct_nonstream_smoke(tmp_path):
         row["requests_per_worker"] == [row["requests_per_worker"][0]]
         and row["requests_per_worker"][0] >= row["requests"]
     )
-    assert row["cache_hit_ratio"] > 0  # the same 256 prompts repeat, so the worker's prefix cache hits
+    assert 0 < row["cache_hit_ratio"] < 0.5  # unique prompts: only the chat template prefix is shared
     md = (tmp_path / "e2e.md").read_text()
     assert "| direct |" in md and report["meta"]["command"] in md

@@ -106,9 +106,12 @@ def _usage(res: Result, usage: dict | None) -> None:
     res.cached_tokens = details.get("cached_tokens") or 0
 
 
-def session(concurrency: int, timeout: float = 120) -> aiohttp.ClientSession:
+def session(concurrency: int, api_key: str | None = None, timeout: float = 120) -> aiohttp.ClientSession:
     conn = aiohttp.TCPConnector(limit=concurrency + 4, ttl_dns_cache=None, force_close=False)
-    return aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=timeout))
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else None
+    return aiohttp.ClientSession(
+        connector=conn, timeout=aiohttp.ClientTimeout(total=timeout), headers=headers
+    )
 
 
 # ------------------------------------------------------------------------------------------ scenarios
@@ -183,8 +186,11 @@ def scenarios(duration: float, quick: bool = False) -> dict[str, Scenario]:
     }
 
 
-async def closed_loop(url: str, sc: Scenario, model: str) -> tuple[list[Result], float, float]:
-    """`concurrency` clients, each sending the next request as soon as the last finished.
+async def closed_loop(
+    url: str, sc: Scenario, model: str, api_key: str | None = None
+) -> tuple[list[Result], float, float]:
+    """`concurrency` clients, each sending the next request as soon as the last finished. Every prompt is
+    unique (a request number first), so the workers' cache hits are the template prefix only, whatever the rate.
 
     Returns (results started after the warmup, measurement start, measurement end)."""
     rng = random.Random(1)
@@ -195,7 +201,7 @@ async def closed_loop(url: str, sc: Scenario, model: str) -> tuple[list[Result],
     results: list[Result] = []
     endpoint = url + "/v1/chat/completions"
 
-    async with session(sc.concurrency) as s:
+    async with session(sc.concurrency, api_key) as s:
 
         async def client(i: int) -> None:
             k = i
@@ -203,7 +209,7 @@ async def closed_loop(url: str, sc: Scenario, model: str) -> tuple[list[Result],
                 body = {
                     "model": model,
                     "max_tokens": sc.max_tokens,
-                    "messages": [{"role": "user", "content": prompts[k % len(prompts)]}],
+                    "messages": [{"role": "user", "content": f"{k}: {prompts[k % len(prompts)]}"}],
                 }
                 k += sc.concurrency
                 r = await chat(s, endpoint, body, sc.stream)
@@ -214,7 +220,9 @@ async def closed_loop(url: str, sc: Scenario, model: str) -> tuple[list[Result],
     return results, t_measure, t_end
 
 
-async def multiturn(url: str, sc: Scenario, model: str) -> tuple[list[Result], float, float]:
+async def multiturn(
+    url: str, sc: Scenario, model: str, api_key: str | None = None
+) -> tuple[list[Result], float, float]:
     """`conversations` chats of `turns` turns, all interleaved with at most `concurrency` requests in
     flight (so the working set is every conversation at once); each turn resends the whole history (system
     prompt shared by a group of conversations) plus a new user message."""
@@ -226,7 +234,7 @@ async def multiturn(url: str, sc: Scenario, model: str) -> tuple[list[Result], f
     results: list[Result] = []
     sem = asyncio.Semaphore(sc.concurrency)
 
-    async with session(sc.concurrency) as s:
+    async with session(sc.concurrency, api_key) as s:
 
         async def conversation(c: int) -> None:
             crng = random.Random(1000 + c)

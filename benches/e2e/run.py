@@ -88,11 +88,11 @@ async def run_one(target: Target, sc: Scenario, workers: SimWorkers, url: str) -
 
         t_start = time.perf_counter()
         sample = asyncio.ensure_future(sampler(t_start + sc.warmup, t_start + sc.warmup + sc.duration))
-        results, t0, t1 = await closed_loop(url, sc, MODEL)
+        results, t0, t1 = await closed_loop(url, sc, MODEL, target.api_key)
         await sample
     else:
         before = {"cpu": cpu_snapshot(target, workers), "stats": await worker_stats(workers.urls)}
-        results, t0, t1 = await multiturn(url, sc, MODEL)
+        results, t0, t1 = await multiturn(url, sc, MODEL, target.api_key)
         after = {"cpu": cpu_snapshot(target, workers), "stats": await worker_stats(workers.urls)}
     ok = [r for r in results if r.ok]
     raw = {"latency": [r.end - r.start for r in ok], "ttft": [r.ttft for r in ok if r.ttft is not None]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -74,6 +75,7 @@ class Target:
 
     name = "target"
     policy: str | None = None
+    api_key: str | None = None  # sent as a bearer token by the load generator when set
 
     def __init__(self, policy: str | None = None) -> None:
         self.policy = policy or self.policy
@@ -239,6 +241,7 @@ class LiteLLM(Target):
 
     name = "litellm"
     policy = "simple-shuffle"
+    api_key = "sk-" + secrets.token_hex(16)  # a throwaway key for this local run (litellm requires one)
 
     @staticmethod
     def exe() -> str | None:
@@ -269,6 +272,7 @@ class LiteLLM(Target):
                 "      api_key: none",
             ]
         lines += ["litellm_settings:", "  drop_params: true", "  num_retries: 0", "  telemetry: false"]
+        lines += ["general_settings:", f"  master_key: {self.api_key}"]
         cfg.write("\n".join(lines) + "\n")
         cfg.close()
         return [
