@@ -54,6 +54,8 @@ SAMPLES = [
      None, [("météo", {"ville": "Zürich 🌧", "note": "été 😀"})]),
     ("hermes", '<tool_call>{"name": "f", "arguments": "{\\"x\\": 1}"}</tool_call>', None, [("f", {"x": 1})]),
     ("hermes", '<tool_call>\n{"name": "now"}\n</tool_call>', None, [("now", {})]),
+    ("hermes", '<tool_call>\n{"name": "a", "arguments": {}}\n{"name": "b", "arguments": {"x": 1}}\n</tool_call>',
+     None, [("a", {}), ("b", {"x": 1})]),
     ("hermes", '<tool_call>\n{"name": "f", "parameters": {"a": 1}}\n</tool_call>', None, [("f", {"a": 1})]),
     # missing closing tag at the end of the output: tolerated, the JSON is complete
     ("hermes", 'Ok.\n<tool_call>\n{"name": "f", "arguments": {"a": 1}}', "Ok.", [("f", {"a": 1})]),

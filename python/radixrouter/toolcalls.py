@@ -573,6 +573,9 @@ class ToolCallParser:
         # _AFTER / _LLAMA_NEXT: what follows a complete call
         kind = self._after_kind
         if kind == "hermes":
+            if c == "{":  # several objects in one <tool_call> block (seen with Qwen2.5)
+                self._start_call(_WRAPPER, stripped)
+                return True
             if stripped.startswith(_HERMES_CLOSE):
                 self._buf = stripped[len(_HERMES_CLOSE):]
             elif _HERMES_CLOSE.startswith(stripped):
