@@ -145,6 +145,35 @@ def summarize(
     }
 
 
+def median_row(rs: list[dict]) -> dict:
+    """Median of every number over the repetitions of one target; errors summed; per-run req/s kept."""
+
+    def med(vals: list) -> object:
+        nums = sorted(v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool))
+        if not nums:
+            return vals[0]
+        m = nums[len(nums) // 2] if len(nums) % 2 else (nums[len(nums) // 2 - 1] + nums[len(nums) // 2]) / 2
+        return round(m, 4) if isinstance(m, float) else m
+
+    out: dict = {}
+    for key, first in rs[0].items():
+        vals = [r[key] for r in rs]
+        if isinstance(first, dict):
+            out[key] = {k: med([v[k] for v in vals]) for k in first}
+        elif isinstance(first, list) and first and all(isinstance(x, (int, float)) for x in first):
+            out[key] = [med([v[i] for v in vals]) for i in range(len(first))]
+        elif key in ("errors", "requests"):
+            out[key] = sum(vals) if key == "errors" else med(vals)
+        elif key == "error_samples":
+            out[key] = sorted({e for v in vals for e in v})[:5]
+        else:
+            out[key] = med(vals)
+    out["runs"] = len(rs)
+    out["rps_runs"] = [r["rps"] for r in rs]
+    out.pop("rep", None)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ report
 def add_ratios(rows: list[dict]) -> None:
     direct = {r["scenario"]: r for r in rows if r["target_name"] == "direct"}
@@ -165,6 +194,9 @@ def markdown(meta: dict, rows: list[dict], skipped: dict) -> str:
         "",
         f"Machine: {meta['machine']}. Load generator, router and simulated workers share these cores.",
         "",
+        f"Each target ran {meta['repeat']} times, interleaved with the others; figures are medians over the "
+        "runs (latency percentiles: median of each run's percentile).",
+        "",
     ]
     for sc_name, sc in meta["scenarios"].items():
         sel = [r for r in rows if r["scenario"] == sc_name]
@@ -172,15 +204,17 @@ def markdown(meta: dict, rows: list[dict], skipped: dict) -> str:
             continue
         out += [f"## {sc_name}: {sc['description']}", ""]
         out += [
-            "| target | req/s | x direct | errors | p50 / p90 / p99 latency ms | p50 / p90 / p99 TTFT ms "
+            "| target | req/s (median) | req/s of each run | x direct | errors | p50 / p90 / p99 latency ms "
+            "| p50 / p90 / p99 TTFT ms "
             "| p50 / p99 ITL ms | router CPU µs/req | router CPU µs/chunk | workers CPU µs/req | cached/prompt "
             "| requests per worker |",
-            "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---|",
+            "|---|---:|---|---:|---:|---|---|---|---:|---:|---:|---:|---|",
         ]
         for r in sel:
             lat, ttft, itl = r["latency_ms"], r["ttft_ms"], r["itl_ms"]
             out.append(
-                f"| {r['target']} | {r['rps']} | {r.get('rps_vs_direct', '')} | {r['errors']} "
+                f"| {r['target']} | {r['rps']} | {', '.join(str(x) for x in r['rps_runs'])} "
+                f"| {r.get('rps_vs_direct', '')} | {r['errors']} "
                 f"| {lat['p50']} / {lat['p90']} / {lat['p99']} | {ttft['p50']} / {ttft['p90']} / {ttft['p99']} "
                 f"| {itl['p50']} / {itl['p99']} | {r['router_cpu_us_per_request'] or '-'} "
                 f"| {r['router_cpu_us_per_chunk'] or '-'} | {r['workers_cpu_us_per_request']} "
@@ -290,34 +324,46 @@ async def amain(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     raw: dict[str, dict[str, dict[str, list[float]]]] = {}
+    runs: list[dict] = []
     for name in chosen:
         sc = all_sc[name]
-        seen_names: set[str] = set()
+        specs_here, seen_names = [], set()
+        for spec in usable:
+            tname = spec.partition(":")[0]
+            if sc.workers == 1 and tname in seen_names:
+                continue  # with one worker every policy routes the same way
+            seen_names.add(tname)
+            specs_here.append(spec)
+        per_target: dict[str, list[dict]] = {}
         with SimWorkers(sc.workers, model=MODEL, tokenizer="qwen3", **sc.worker_flags) as workers:
-            for spec in usable:
-                target = make_target(spec)
-                if sc.workers == 1 and target.name in seen_names:
-                    continue  # with one worker every policy routes the same way
-                seen_names.add(target.name)
-                print(f"[{name}] {target.label} ...", file=sys.stderr, flush=True)
-                try:
-                    url = target.start(workers.urls, model_dir, MODEL)
-                except Exception as e:
-                    skipped[f"{spec} ({name})"] = f"failed to start: {e}"
-                    print(f"  failed to start: {e}\n{target.log_tail()}", file=sys.stderr)
-                    continue
-                try:
-                    row, samples = await run_one(target, sc, workers, url)
-                finally:
-                    target.stop()
-                rows.append(row)
-                raw.setdefault(name, {})[target.label] = samples
-                print(
-                    f"  {row['rps']} req/s, errors {row['errors']}, p50 TTFT {row['ttft_ms']['p50']} ms, "
-                    f"cache {row['cache_hit_ratio']}, per worker {row['requests_per_worker']}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            # repetitions interleave the targets (A B C A B C ...), so a change in background load hits all
+            for rep in range(args.repeat):
+                for spec in specs_here:
+                    target = make_target(spec)
+                    print(f"[{name} {rep + 1}/{args.repeat}] {target.label} ...", file=sys.stderr, flush=True)
+                    try:
+                        url = target.start(workers.urls, model_dir, MODEL)
+                    except Exception as e:
+                        skipped[f"{spec} ({name})"] = f"failed to start: {e}"
+                        print(f"  failed to start: {e}\n{target.log_tail()}", file=sys.stderr)
+                        continue
+                    try:
+                        row, samples = await run_one(target, sc, workers, url)
+                    finally:
+                        target.stop()
+                    row["rep"] = rep
+                    runs.append(row)
+                    per_target.setdefault(row["target"], []).append(row)
+                    series = raw.setdefault(name, {}).setdefault(target.label, {"latency": [], "ttft": []})
+                    for k in series:
+                        series[k].extend(samples[k])
+                    print(
+                        f"  {row['rps']} req/s, errors {row['errors']}, p50 TTFT {row['ttft_ms']['p50']} ms, "
+                        f"cache {row['cache_hit_ratio']}, per worker {row['requests_per_worker']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        rows.extend(median_row(rs) for rs in per_target.values())
     add_ratios(rows)
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -334,8 +380,9 @@ async def amain(args: argparse.Namespace) -> int:
             for n in chosen
         },
         "skipped": skipped,
+        "repeat": args.repeat,
     }
-    (out / "e2e.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1) + "\n")
+    (out / "e2e.json").write_text(json.dumps({"meta": meta, "results": rows, "runs": runs}, indent=1) + "\n")
     (out / "e2e.md").write_text(markdown(meta, rows, skipped))
     if rows and not args.no_plots:
         plots(rows, raw, out)
@@ -353,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", default="nonstream,stream,multiturn")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per closed-loop run")
     p.add_argument("--quick", action="store_true", help="half the multi-turn conversations")
+    p.add_argument(
+        "--repeat", type=int, default=3, help="interleaved repetitions per target; medians reported"
+    )
     p.add_argument("--out", default=str(REPO / "benches" / "results"))
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
