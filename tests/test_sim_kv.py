@@ -160,7 +160,7 @@ def test_queueing_over_max_running_and_flush_refused_while_busy(tok):
             first = asyncio.ensure_future(c.post("/generate", json={"text": "a", "sim": {"stall_s": 60}}))
             second = asyncio.ensure_future(c.post("/generate", json={"text": "b"}))
             load: dict = {}
-            for _ in range(300):
+            for _ in range(1000):
                 load = (await c.get("/get_load")).json()[0]
                 if load["num_waiting_reqs"] == 1:
                     break
