@@ -98,7 +98,7 @@ class Response:
         self._hbuf = b""
         self._remaining = 0
         self._cstate = _C_SIZE
-        self._cbuf = bytearray()
+        self._cbuf = b""
         self._need = 0
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -202,64 +202,65 @@ class Response:
         return buf
 
     def _feed_chunked(self, data: bytes) -> None:
-        buf = self._cbuf
-        if self._cstate == _C_DATA and not buf:
-            # fast path: the chunk's data straight from this read
-            need = self._need
-            if len(data) <= need:
-                self._push(data)
-                self._need = need - len(data)
+        # one pass with a moving offset (no copying of the remaining buffer per chunk); a partial size
+        # line or CRLF left at the end waits in _cbuf for the next read
+        if self._cbuf:
+            data = self._cbuf + data
+            self._cbuf = b""
+        pos = 0
+        n = len(data)
+        out = []
+        while pos < n:
+            cs = self._cstate
+            if cs == _C_DATA:
+                take = self._need if self._need < n - pos else n - pos
+                out.append(data[pos:pos + take] if take != n else data)
+                pos += take
+                self._need -= take
                 if not self._need:
                     self._cstate = _C_CRLF
-                return
-            self._push(data[:need])
-            self._need = 0
-            self._cstate = _C_CRLF
-            data = data[need:]
-        buf += data
-        while buf:
-            cs = self._cstate
-            if cs == _C_SIZE:
-                i = buf.find(b"\r\n")
+            elif cs == _C_CRLF:
+                if n - pos < 2:
+                    break
+                if data[pos:pos + 2] != b"\r\n":
+                    raise UpstreamError("invalid chunked encoding from upstream")
+                pos += 2
+                self._cstate = _C_SIZE
+            elif cs == _C_SIZE:
+                i = data.find(b"\r\n", pos)
                 if i < 0:
-                    if len(buf) > 4096:
+                    if n - pos > 4096:
                         raise UpstreamError("invalid chunked encoding from upstream")
-                    return
+                    break
                 try:
-                    size = int(bytes(buf[:i]).split(b";", 1)[0].strip(), 16)
+                    size = int(data[pos:i].split(b";", 1)[0].strip(), 16)
                 except ValueError:
                     raise UpstreamError("invalid chunk size from upstream") from None
-                del buf[: i + 2]
+                if size < 0:
+                    raise UpstreamError("invalid chunk size from upstream")
+                pos = i + 2
                 if size:
                     self._need = size
                     self._cstate = _C_DATA
                 else:
                     self._cstate = _C_TRAILER
-            elif cs == _C_DATA:
-                take = min(self._need, len(buf))
-                self._push(bytes(buf[:take]))
-                del buf[:take]
-                self._need -= take
-                if not self._need:
-                    self._cstate = _C_CRLF
-            elif cs == _C_CRLF:
-                if len(buf) < 2:
-                    return
-                if buf[:2] != b"\r\n":
-                    raise UpstreamError("invalid chunked encoding from upstream")
-                del buf[:2]
-                self._cstate = _C_SIZE
             else:  # trailers, ended by an empty line
-                i = buf.find(b"\r\n")
+                i = data.find(b"\r\n", pos)
                 if i < 0:
-                    return
-                empty = i == 0
-                del buf[: i + 2]
+                    break
+                empty = i == pos
+                pos = i + 2
                 if empty:
-                    if buf:
+                    if pos < n:
                         self._keep_alive = False
+                    if out:
+                        self._push(out[0] if len(out) == 1 else b"".join(out))
                     self._done()
                     return
+        if pos < n:
+            self._cbuf = data[pos:]
+        if out:
+            self._push(out[0] if len(out) == 1 else b"".join(out))
 
     def _push(self, data: bytes) -> None:
         if not data:
