@@ -256,6 +256,9 @@ BAD = [
     ("n zero", json.dumps(dict(CHAT, n=0)).encode(), 400),
     ("top_logprobs without logprobs", json.dumps(dict(CHAT, top_logprobs=3)).encode(), 400),
     ("bad response_format", json.dumps(dict(CHAT, response_format={"type": "yaml"})).encode(), 400),
+    ("tool_choice required", json.dumps(dict(CHAT, tools=[{"type": "function", "function": {"name": "f"}}],
+                                             tool_choice="required")).encode(), 400),
+    ("functions (deprecated)", json.dumps(dict(CHAT, functions=[{"name": "f"}])).encode(), 400),
     ("invalid UTF-8", b'{"model": "qwen3-sim", "messages": [{"role": "user", "content": "\xff\xfe"}]}', 400),
     ("empty body", b"", 400),
 ]
@@ -611,3 +614,17 @@ def test_text_mode_without_tokenizer(sims):
         assert c.status_code == 200 and c.json()["choices"][0]["text"]
         g = post(router.url + "/generate", {"text": "Hello", "sampling_params": {"max_new_tokens": 3}}, key=None)
         assert g.status_code == 200 and len(g.json()["output_ids"]) == 3
+
+
+def test_tokenizer_and_chat_template_files(sims, tmp_path):
+    """--tokenizer FILE --chat-template FILE renders exactly like --model-path with the same files."""
+    cfg = json.loads((qwen3_files() / "tokenizer_config.json").read_text())
+    tpl = tmp_path / "template.jinja"
+    tpl.write_text(cfg["chat_template"])
+    with RouterProcess(sims.urls[:1], qwen3=False, tokenizer=str(qwen3_files() / "tokenizer.json"),
+                       chat_template=str(tpl), served_model_name=MODEL) as a, \
+            RouterProcess(sims.urls[:1]) as b:
+        ra = post(a.url + "/v1/chat/completions", dict(CHAT, temperature=0), key=None).json()
+        rb = post(b.url + "/v1/chat/completions", dict(CHAT, temperature=0), key=None).json()
+        assert ra["usage"]["prompt_tokens"] == rb["usage"]["prompt_tokens"] > 5
+        assert ra["choices"][0]["message"]["content"] == rb["choices"][0]["message"]["content"]

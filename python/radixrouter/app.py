@@ -709,6 +709,17 @@ class App:
         prompt = self.builder.tokenize(text)
         return prompt, prompt.ids
 
+    def _pin(self, text: str | None):
+        """Pin the cached path of a running request's prompt (never evicted until released)."""
+        cache = self.cache
+        if cache is None or not text:
+            return None
+        try:
+            return cache.pin(text)
+        except Exception:  # noqa: BLE001 - the cache is an optimization
+            log.exception("pinning a prompt in the prefix cache failed")
+            return None
+
     def _record(self, prompt: Any, text: str, ch: Choice, worker: Worker, logprobs: bool = False) -> None:
         if ch.finish not in ("stop", "length"):
             return
@@ -737,8 +748,8 @@ class App:
     async def chat_completions(self, ex: Exchange) -> int:
         req = await self._json_body(ex)
         creq = parse_chat(req, self.model_name)
-        if self.tokenizer is None:
-            return await self._relay_chat(ex, req, creq)
+        if self.tokenizer is None or not self.tokenizer.has_chat_template:
+            return await self._relay_chat(ex, req, creq)  # the worker applies its own template
         try:
             text = self.tokenizer.render(creq.messages, tools=creq.tools, add_generation_prompt=True,
                                          **creq.template_kwargs)
@@ -750,12 +761,15 @@ class App:
         cid = "chatcmpl-" + new_id()
         created = int(time.time())
         watcher = self._watch(ex)
+        pin = self._pin(text)
         try:
             if p.stream:
                 return await self._chat_stream(ex, creq, text, prompt, ids, ctx, cid, created)
             return await self._chat_full(ex, creq, text, prompt, ids, ctx, cid, created)
         finally:
             watcher.cancel()
+            if pin is not None:
+                pin.release()
 
     async def _relay_chat(self, ex: Exchange, req: dict, creq: ChatRequest) -> int:
         """Text mode (no tokenizer): the worker's own OpenAI endpoint templates and tokenizes; the router
@@ -1200,6 +1214,7 @@ class App:
         cid = "cmpl-" + new_id()
         created = int(time.time())
         watcher = self._watch(ex)
+        pins = [self._pin(t) for t in echo_texts] if self.cache is not None else []
         try:
             if p.stream:
                 return await self._stream_fanout(ex, p, None, None, None, None, cid, created, None, prompts,
@@ -1207,6 +1222,9 @@ class App:
             return await self._completion_full(ex, creq, prompts, echo_texts, cid, created)
         finally:
             watcher.cancel()
+            for pin in pins:
+                if pin is not None:
+                    pin.release()
 
     async def _completion_full(self, ex, creq, prompts, echo_texts, cid, created) -> int:
         p = creq.params
@@ -1300,12 +1318,15 @@ class App:
         ctx = RouteContext(text=text or "")
         want_lp = bool(req.get("return_logprob"))
         watcher = self._watch(ex)
+        pin = self._pin(text)
         try:
             if stream:
                 return await self._generate_stream(ex, ctx, body, rid, prompt, text, want_lp)
             return await self._generate_full(ex, ctx, body, rid, prompt, text, want_lp)
         finally:
             watcher.cancel()
+            if pin is not None:
+                pin.release()
 
     async def _generate_full(self, ex, ctx, body, rid, prompt, text, want_lp) -> int:
         async def consume(w: Worker, resp):
@@ -1499,7 +1520,9 @@ def load_tokenizer(config: Config):
 
     if config.model_path:
         return ChatTokenizer.from_model_path(config.model_path)
-    return ChatTokenizer.from_files(config.tokenizer, config.chat_template)
+    beside = os.path.join(os.path.dirname(os.path.abspath(config.tokenizer)), "tokenizer_config.json")
+    return ChatTokenizer.from_files(config.tokenizer, config.chat_template,
+                                    beside if os.path.isfile(beside) else None)
 
 
 def create_app(config: Config | None = None) -> App:
