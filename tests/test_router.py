@@ -628,3 +628,38 @@ def test_tokenizer_and_chat_template_files(sims, tmp_path):
         rb = post(b.url + "/v1/chat/completions", dict(CHAT, temperature=0), key=None).json()
         assert ra["usage"]["prompt_tokens"] == rb["usage"]["prompt_tokens"] > 5
         assert ra["choices"][0]["message"]["content"] == rb["choices"][0]["message"]["content"]
+
+
+def test_generate_records_and_retrieve_from_text(sims):
+    """slime's flow: /generate with text (the router tokenizes and records prompt + output), then
+    /retrieve_from_text gives the token ids, loss mask (1 on generated tokens) and logprobs."""
+    import radixrouter
+    from radixrouter.tokenizer import ChatTokenizer
+
+    tok = ChatTokenizer.qwen3()
+    prompt = "<|im_start|>user\nWrite a line.<|im_end|>\n<|im_start|>assistant\n"
+    with RouterProcess(sims.urls[:1]) as router:
+        g = post(router.url + "/generate", {"text": prompt, "return_logprob": True,
+                                            "sampling_params": {"max_new_tokens": 6, "temperature": 0}}, key=None)
+        assert g.status_code == 200
+        out = g.json()
+        r = post(router.url + "/retrieve_from_text", {"text": prompt + out["text"]}, key=None)
+        assert r.status_code == 200
+        got = r.json()
+        assert got["response"] == prompt + out["text"]
+        assert got["token_length"] == len(got["tokens"]) == got["loss_mask_length"] == len(got["loss_mask"])
+        assert len(got["rollout_logp"]) == len(got["tokens"])
+        n_prompt = len(tok.encode(prompt))
+        assert got["tokens"][:n_prompt] == tok.encode(prompt)
+        if hasattr(radixrouter, "PrefixCache"):
+            # the worker's output ids with mask 1 and their logprobs
+            gen = out["output_ids"][: len(got["tokens"]) - n_prompt]
+            assert got["tokens"][n_prompt:] == gen and gen
+            assert got["loss_mask"] == [0] * n_prompt + [1] * len(gen)
+            lps = [e[0] for e in out["meta_info"]["output_token_logprobs"]][: len(gen)]
+            assert got["rollout_logp"][n_prompt:] == pytest.approx(lps)
+        else:
+            assert got["tokens"] == tok.encode(prompt + out["text"])
+            assert set(got["loss_mask"]) == {0}
+        bad = post(router.url + "/retrieve_from_text", {"text": 5}, key=None)
+        assert bad.status_code == 400
