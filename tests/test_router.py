@@ -663,3 +663,20 @@ def test_generate_records_and_retrieve_from_text(sims):
             assert set(got["loss_mask"]) == {0}
         bad = post(router.url + "/retrieve_from_text", {"text": 5}, key=None)
         assert bad.status_code == 400
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", dict(CHAT, stream=True)),
+    ("/v1/completions", {"model": MODEL, "prompt": "Hello", "max_tokens": 4, "stream": True}),
+    ("/v1/chat/completions", dict(CHAT, stream=True, n=2)),
+], ids=["chat", "completions", "chat-n2"])
+def test_first_token_timeout_retries_and_aborts(sims, path, body):
+    with RouterProcess(sims.urls[:1], first_token_timeout=0.4, retry_backoff=0) as router:
+        sims[0].reset()
+        sims[0].fault(stall_s=3, count=1)
+        r = post(router.url + path, body, key=None)
+        assert r.status_code == 200
+        check_stream_bytes(r.content)
+        s = sims[0].stats()
+        assert len(s["abort_rids"]) == 1  # the stalled attempt was aborted on the worker
+        assert s["pending_faults"] == []

@@ -655,10 +655,12 @@ class App:
             if not task.done():
                 task.cancel()
 
-    async def _events(self, ex: Exchange, w: Worker, content, dec, first: bool, deadline: float, retryable: bool):
-        """Decode the next batch of worker events: (list of parsed events, done flag)."""
+    async def _events(self, ex: Exchange, w: Worker, content, dec, first: bool, deadline: float, retryable: bool,
+                      keepalive: bool = True):
+        """Decode the next batch of worker events: (list of parsed events, done flag). Before the first
+        token the first-token deadline applies (and keep-alive frames go out if `keepalive`)."""
         try:
-            chunk = await (self._next_chunk(ex, w, content, deadline, True) if first else content.readany())
+            chunk = await (self._next_chunk(ex, w, content, deadline, keepalive) if first else content.readany())
         except TRANSPORT_ERRORS as e:
             raise UpstreamFailure(
                 ApiError(502, f"worker {w.url} connection failed: {e.__class__.__name__}", code="upstream_error"),
@@ -1054,7 +1056,8 @@ class App:
                 deadline = loop.time() + self.config.first_token_timeout
                 content = resp.content
                 while True:
-                    evs, done = await self._events(ex, w, content, dec, False, deadline, not ch.emitted)
+                    evs, done = await self._events(ex, w, content, dec, not ch.emitted, deadline, not ch.emitted,
+                                                   keepalive=False)  # the merging loop sends keep-alives
                     for obj in evs:
                         delta = ch.update(obj)
                         if not ch.emitted and ch.finish == "abort":
