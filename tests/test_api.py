@@ -224,3 +224,35 @@ def test_streamed_worker_failure_raises_in_the_sdk(sims):
         with pytest.raises(openai.APIError):
             for _ in stream:
                 pass
+
+
+def test_completions_streaming_variants(client):
+    # several prompts x n, echo, logprobs: each choice index streams its own text, then finish
+    full = client.completions.create(model=MODEL, prompt=["alpha", "beta"], n=2, max_tokens=4, seed=1)
+    assert sorted(c.index for c in full.choices) == [0, 1, 2, 3]
+    stream = client.completions.create(model=MODEL, prompt=["alpha", "beta"], n=2, max_tokens=4, seed=1,
+                                       stream=True, echo=True, logprobs=1)
+    texts: dict[int, str] = {}
+    tokens: dict[int, list] = {}
+    finished = set()
+    for chunk in stream:
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + c.text
+            if c.logprobs and c.logprobs.tokens:
+                tokens.setdefault(c.index, []).extend(c.logprobs.tokens)
+            if c.finish_reason:
+                finished.add(c.index)
+    assert finished == {0, 1, 2, 3}
+    by_index = {c.index: c.text for c in full.choices}
+    for i in range(4):
+        prompt = ["alpha", "beta"][i // 2]
+        assert texts[i] == prompt + by_index[i]  # echo first, then the same text as without streaming
+        assert "".join(tokens[i]) == by_index[i]
+
+
+def test_two_granian_workers(sims):
+    with RouterProcess(sims.urls, workers=2) as router, openai.OpenAI(base_url=router.url + "/v1", api_key="x",
+                                                                       max_retries=0) as c:
+        for _ in range(6):
+            r = c.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=4)
+            assert r.choices[0].message.content

@@ -30,13 +30,13 @@ KEY = "sk-router-test"
 class RouterProcess:
     """`radixrouter serve` as a subprocess on a free port; killed on exit."""
 
-    def __init__(self, workers: list[str], *, qwen3: bool = True, wait_ready: bool = True, env: dict | None = None,
+    def __init__(self, urls: list[str], *, qwen3: bool = True, wait_ready: bool = True, env: dict | None = None,
                  **flags: Any):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "radixrouter.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--log-level", "warning"]
-        for w in workers:
+        for w in urls:
             argv += ["--worker-url", w]
         if qwen3:
             argv += ["--model-path", str(qwen3_files()), "--served-model-name", MODEL]
