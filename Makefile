@@ -57,6 +57,25 @@ bench: build-prod ## micro-benchmarks (pytest-benchmark; Rust <-> Python boundar
 fuzz: build-prod ## a longer bounded fuzz run of the SSE decoder (FUZZ_SECONDS, default 120)
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-120} $(PY) -m pytest -q tests/test_sse_fuzz.py -p no:cacheprovider --timeout 0
 
+.PHONY: wheel
+wheel: venv ## build the release abi3 wheel into dist/
+	$(BIN)/maturin build -q --release -o dist
+
+.PHONY: wheel-check
+wheel-check: ## `pip install .` into a fresh virtualenv and import the package from it
+	rm -rf target/wheel-check && $(PYTHON) -m venv target/wheel-check
+	target/wheel-check/bin/pip install -q .
+	cd /tmp && $(abspath target/wheel-check/bin/python) -c "import radixrouter, radixrouter._core; \
+	  assert radixrouter.encode_event('x') == b'data: x\n\n'; print('wheel ok', radixrouter.__version__, radixrouter._core.__file__)"
+
 .PHONY: clean
 clean: ## remove build products and the virtualenv
 	rm -rf target $(VENV) .pytest_cache .hypothesis .benchmarks
+
+.PHONY: demo
+demo: build-dev ## two simulated workers + the router, a streamed multi-turn chat through the openai client
+	$(BIN)/radixrouter demo
+
+.PHONY: bench-e2e
+bench-e2e: build-prod ## end-to-end load harness: sim workers behind radixrouter, sglang-router (+ litellm if LITELLM_BIN); E2E_ARGS=...
+	$(PY) benches/e2e/run.py $(E2E_ARGS)

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
+import os
 import random
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -69,6 +70,15 @@ _ROLE_DELTA = b'{"role":"assistant","content":""}'
 _EMPTY_DELTA = b"{}"
 _NULL = b"null"
 _FINISH = {"stop": b'"stop"', "length": b'"length"', "tool_calls": b'"tool_calls"', "content_filter": b'"content_filter"'}
+
+
+_ID_PREFIX = os.urandom(6).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_id() -> str:
+    """A request id unique to this process run (random prefix + counter; no syscall per request)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
 
 
 def _body(data: bytes, more: bool = False) -> dict:
@@ -319,7 +329,8 @@ class App:
             return
         self._started = True
         cfg = self.config
-        self.upstream = Upstream(connect_timeout=cfg.connect_timeout, request_timeout=cfg.request_timeout)
+        self.upstream = Upstream(connect_timeout=cfg.connect_timeout, request_timeout=cfg.request_timeout,
+                                 client=cfg.upstream_client)
         await self._probe_all()
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
 
@@ -553,10 +564,12 @@ class App:
         last: ApiError | None = None
         for attempt in range(cfg.max_retries + 1):
             w = pool.pick(ctx, tried)
+            if w is None and attempt:
+                w = pool.pick(ctx)  # every worker was tried: try again after the backoff
             if w is None:
                 break
             if attempt:
-                self.metrics.retries.labels("worker_failure").inc()
+                self.metrics.retry("worker_failure")
                 await asyncio.sleep(random.uniform(0, cfg.retry_backoff * (1 << (attempt - 1))))
             tried.add(w)
             w.in_flight += 1
@@ -596,7 +609,7 @@ class App:
             except asyncio.CancelledError:
                 # the client left (or a sibling choice failed): stop the work on the worker at once
                 upstream.abort(w.url, rid)
-                self.metrics.aborts.inc()
+                self.metrics.abort()
                 raise
             finally:
                 w.in_flight -= 1
@@ -642,10 +655,12 @@ class App:
             if not task.done():
                 task.cancel()
 
-    async def _events(self, ex: Exchange, w: Worker, content, dec, first: bool, deadline: float, retryable: bool):
-        """Decode the next batch of worker events: (list of parsed events, done flag)."""
+    async def _events(self, ex: Exchange, w: Worker, content, dec, first: bool, deadline: float, retryable: bool,
+                      keepalive: bool = True):
+        """Decode the next batch of worker events: (list of parsed events, done flag). Before the first
+        token the first-token deadline applies (and keep-alive frames go out if `keepalive`)."""
         try:
-            chunk = await (self._next_chunk(ex, w, content, deadline, True) if first else content.readany())
+            chunk = await (self._next_chunk(ex, w, content, deadline, keepalive) if first else content.readany())
         except TRANSPORT_ERRORS as e:
             raise UpstreamFailure(
                 ApiError(502, f"worker {w.url} connection failed: {e.__class__.__name__}", code="upstream_error"),
@@ -696,6 +711,17 @@ class App:
         prompt = self.builder.tokenize(text)
         return prompt, prompt.ids
 
+    def _pin(self, text: str | None):
+        """Pin the cached path of a running request's prompt (never evicted until released)."""
+        cache = self.cache
+        if cache is None or not text:
+            return None
+        try:
+            return cache.pin(text)
+        except Exception:  # noqa: BLE001 - the cache is an optimization
+            log.exception("pinning a prompt in the prefix cache failed")
+            return None
+
     def _record(self, prompt: Any, text: str, ch: Choice, worker: Worker, logprobs: bool = False) -> None:
         if ch.finish not in ("stop", "length"):
             return
@@ -712,22 +738,20 @@ class App:
     def _observe(self, route: str, ex: Exchange, t_first: float | None, t_last: float | None, chunks: int,
                  usage: tuple[int, int, int]) -> None:
         m = self.metrics
-        now = time.perf_counter()
-        m.e2e.labels(route).observe(now - ex.t0)
+        e2e, ttft, itl = m.route_histograms(route)
+        e2e.observe(time.perf_counter() - ex.t0)
         if t_first is not None:
-            m.ttft.labels(route).observe(t_first - ex.t0)
+            ttft.observe(t_first - ex.t0)
             if chunks > 1 and t_last is not None:
-                m.itl.labels(route).observe((t_last - t_first) / (chunks - 1))
+                itl.observe((t_last - t_first) / (chunks - 1))
         m.usage(*usage)
 
     # ------------------------------------------------------------------ /v1/chat/completions
     async def chat_completions(self, ex: Exchange) -> int:
         req = await self._json_body(ex)
         creq = parse_chat(req, self.model_name)
-        if self.tokenizer is None:
-            raise ApiError(
-                501, "chat completions need a tokenizer and chat template (start the router with --model-path "
-                "or --tokenizer); use /v1/completions or /generate in text mode", code="not_implemented")
+        if self.tokenizer is None or not self.tokenizer.has_chat_template:
+            return await self._relay_chat(ex, req, creq)  # the worker applies its own template
         try:
             text = self.tokenizer.render(creq.messages, tools=creq.tools, add_generation_prompt=True,
                                          **creq.template_kwargs)
@@ -736,15 +760,102 @@ class App:
         prompt, ids = self._prepare(text)
         p = creq.params
         ctx = RouteContext(text=text)
-        cid = "chatcmpl-" + uuid.uuid4().hex
+        cid = "chatcmpl-" + new_id()
         created = int(time.time())
         watcher = self._watch(ex)
+        pin = self._pin(text)
         try:
             if p.stream:
                 return await self._chat_stream(ex, creq, text, prompt, ids, ctx, cid, created)
             return await self._chat_full(ex, creq, text, prompt, ids, ctx, cid, created)
         finally:
             watcher.cancel()
+            if pin is not None:
+                pin.release()
+
+    async def _relay_chat(self, ex: Exchange, req: dict, creq: ChatRequest) -> int:
+        """Text mode (no tokenizer): the worker's own OpenAI endpoint templates and tokenizes; the router
+        relays (validated request, strict re-encoding of the stream) and keeps worker affinity by text."""
+        rid = new_id()
+        req["rid"] = rid
+        body = _dumps(req)
+        key = "\n".join(m["content"] if isinstance(m.get("content"), str) else "" for m in creq.messages)
+        ctx = RouteContext(text=key)
+        loop = asyncio.get_running_loop()
+        stream = creq.params.stream
+        stats = [None, None, 0]
+
+        async def consume(w: Worker, resp):
+            if not stream:
+                try:
+                    data = await resp.read()
+                except TRANSPORT_ERRORS as e:
+                    raise UpstreamFailure(ApiError(502, f"worker {w.url} failed: {e}", code="upstream_error"),
+                                          True) from None
+                return w, data
+            dec = SseDecoder()
+            content = resp.content
+            deadline = loop.time() + self.config.first_token_timeout
+            emitted = False
+            while True:
+                try:
+                    chunk = await (content.readany() if emitted else self._next_chunk(ex, w, content, deadline, True))
+                except TRANSPORT_ERRORS as e:
+                    raise UpstreamFailure(ApiError(502, f"worker {w.url} connection failed: {e}",
+                                                   code="upstream_error"), not emitted) from None
+                if not chunk:
+                    raise UpstreamFailure(ApiError(502, f"worker {w.url} ended the stream early",
+                                                   code="upstream_error"), not emitted)
+                out = []
+                done = False
+                for ev in dec.feed(chunk):
+                    data = ev.data
+                    if not data:
+                        continue
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    out.append(encode_event(data))
+                if out:
+                    if not ex.started:
+                        await self._start_sse(ex, w)
+                    emitted = True
+                    now = time.perf_counter()
+                    if stats[0] is None:
+                        stats[0] = now
+                    stats[1] = now
+                    stats[2] += 1
+                if done:
+                    out.append(_DONE)
+                    if not ex.started:
+                        await self._start_sse(ex, w)
+                    await ex.send(_body(b"".join(out), False))
+                    return w, None
+                if out:
+                    await ex.send(_body(b"".join(out), True))
+
+        watcher = self._watch(ex)
+        try:
+            w, data = await self._call(ex, ctx, "/v1/chat/completions", body, rid, consume)
+        finally:
+            watcher.cancel()
+        if self.cache is not None and key:
+            try:
+                self.cache.insert(key, [], [], worker=w.url)
+            except Exception:  # noqa: BLE001
+                log.exception("recording worker affinity failed")
+        if stream:
+            self._observe("chat", ex, stats[0], stats[1], stats[2], (0, 0, 0))
+            return 200
+        usage = (0, 0, 0)
+        try:
+            u = _loads(data).get("usage") or {}
+            details = u.get("prompt_tokens_details") or {}
+            usage = (u.get("prompt_tokens") or 0, details.get("cached_tokens") or 0, u.get("completion_tokens") or 0)
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+        self._observe("chat", ex, None, None, 0, usage)
+        return await self._send_json(ex, data, worker=w)
 
     def _make_proc(self, creq: ChatRequest, text: str):
         f = self.output_processor_factory
@@ -772,7 +883,7 @@ class App:
 
     async def _chat_full(self, ex, creq, text, prompt, ids, ctx, cid, created) -> int:
         p = creq.params
-        rid = uuid.uuid4().hex
+        rid = new_id()
         subs = self._sub_requests(p, ids, None if ids is not None else text, False, rid)
         served: dict[int, Worker] = {}
 
@@ -827,7 +938,7 @@ class App:
         p = creq.params
         if p.n > 1:
             return await self._stream_fanout(ex, p, text, prompt, ids, ctx, cid, created, creq)
-        rid = uuid.uuid4().hex
+        rid = new_id()
         body = self._gen_body(ids, None if ids is not None else text, p.sampling if p.seed is None else
                               dict(p.sampling, sampling_seed=p.seed), True, rid, p.logprobs, p.top_logprobs)
         frames = ChatFrames(cid, created, p.model, p.include_usage)
@@ -923,7 +1034,7 @@ class App:
             cid, created, p.model, p.include_usage)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        rid = uuid.uuid4().hex
+        rid = new_id()
         # (index, prompt object, prompt text, ids, route ctx)
         jobs = []
         if prompts is None:
@@ -945,7 +1056,8 @@ class App:
                 deadline = loop.time() + self.config.first_token_timeout
                 content = resp.content
                 while True:
-                    evs, done = await self._events(ex, w, content, dec, False, deadline, not ch.emitted)
+                    evs, done = await self._events(ex, w, content, dec, not ch.emitted, deadline, not ch.emitted,
+                                                   keepalive=False)  # the merging loop sends keep-alives
                     for obj in evs:
                         delta = ch.update(obj)
                         if not ch.emitted and ch.finish == "abort":
@@ -1102,9 +1214,10 @@ class App:
                     raise bad("'echo' with token-id prompts needs a tokenizer (--model-path)", "echo")
                 prompts.append((None, ptext, list(pr), RouteContext(text=ptext)))
                 echo_texts.append(ptext)
-        cid = "cmpl-" + uuid.uuid4().hex
+        cid = "cmpl-" + new_id()
         created = int(time.time())
         watcher = self._watch(ex)
+        pins = [self._pin(t) for t in echo_texts] if self.cache is not None else []
         try:
             if p.stream:
                 return await self._stream_fanout(ex, p, None, None, None, None, cid, created, None, prompts,
@@ -1112,14 +1225,17 @@ class App:
             return await self._completion_full(ex, creq, prompts, echo_texts, cid, created)
         finally:
             watcher.cancel()
+            for pin in pins:
+                if pin is not None:
+                    pin.release()
 
     async def _completion_full(self, ex, creq, prompts, echo_texts, cid, created) -> int:
         p = creq.params
-        rid = uuid.uuid4().hex
+        rid = new_id()
         served: dict[int, Worker] = {}
         jobs = []
         k = 0
-        for pi, (prompt, ptext, ids, ctx) in enumerate(prompts):
+        for pi, (_prompt, ptext, ids, ctx) in enumerate(prompts):
             for j in range(p.n):
                 sp = p.sampling if p.seed is None else dict(p.sampling, sampling_seed=p.seed + j)
                 r = rid if len(prompts) * p.n == 1 else f"{rid}-{k}"
@@ -1148,7 +1264,7 @@ class App:
             choices = await self._gather(one(k, r, b, c) for k, _pi, r, b, c in jobs)
         out = []
         pt = cached = ct = 0
-        for ch, (_k, pi, _r, _b, _c) in zip(choices, jobs):
+        for ch, (_k, pi, _r, _b, _c) in zip(choices, jobs, strict=True):
             meta = ch.meta
             if ch.index % p.n == 0:
                 pt += meta.get("prompt_tokens", 0) or 0
@@ -1182,8 +1298,8 @@ class App:
             raise bad("'text' must be a string", "text")
         if has_ids:
             ids = req["input_ids"]
-            if not isinstance(ids, list) or not ids or not all(
-                    isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+            # the worker validates each id; the router only needs a flat, non-empty list
+            if not isinstance(ids, list) or not ids or isinstance(ids[0], list):
                 raise bad("'input_ids' must be a non-empty list of token ids (batches are not supported)", "input_ids")
         sp = req.get("sampling_params")
         if sp is not None and not isinstance(sp, dict):
@@ -1193,7 +1309,7 @@ class App:
             raise bad("'stream' must be a boolean", "stream")
         rid = req.get("rid")
         if rid is None:
-            rid = req["rid"] = uuid.uuid4().hex
+            rid = req["rid"] = new_id()
         elif not isinstance(rid, str):
             raise bad("'rid' must be a string (batches are not supported)", "rid")
         prompt = None
@@ -1205,12 +1321,15 @@ class App:
         ctx = RouteContext(text=text or "")
         want_lp = bool(req.get("return_logprob"))
         watcher = self._watch(ex)
+        pin = self._pin(text)
         try:
             if stream:
                 return await self._generate_stream(ex, ctx, body, rid, prompt, text, want_lp)
             return await self._generate_full(ex, ctx, body, rid, prompt, text, want_lp)
         finally:
             watcher.cancel()
+            if pin is not None:
+                pin.release()
 
     async def _generate_full(self, ex, ctx, body, rid, prompt, text, want_lp) -> int:
         async def consume(w: Worker, resp):
@@ -1404,7 +1523,9 @@ def load_tokenizer(config: Config):
 
     if config.model_path:
         return ChatTokenizer.from_model_path(config.model_path)
-    return ChatTokenizer.from_files(config.tokenizer, config.chat_template)
+    beside = os.path.join(os.path.dirname(os.path.abspath(config.tokenizer)), "tokenizer_config.json")
+    return ChatTokenizer.from_files(config.tokenizer, config.chat_template,
+                                    beside if os.path.isfile(beside) else None)
 
 
 def create_app(config: Config | None = None) -> App:

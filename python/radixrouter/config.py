@@ -33,7 +33,8 @@ class Config:
     max_body_bytes: int = 32 * 1024 * 1024
     max_concurrent_requests: int = 4096  # generation requests in flight; over it -> 429 (0 = unlimited)
 
-    # upstream timeouts (seconds) and retries
+    # upstream client, timeouts (seconds) and retries
+    upstream_client: str = "fast"  # "fast" (radixrouter.httpclient) or "aiohttp"
     connect_timeout: float = 5.0
     first_token_timeout: float = 600.0  # from sending the request to the worker's first event
     request_timeout: float = 3600.0  # whole request

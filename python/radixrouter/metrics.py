@@ -1,101 +1,147 @@
-"""Prometheus metrics of one router process (prometheus-client, a private registry per app).
+"""Prometheus metrics of one router process, exposed with prometheus-client (`GET /metrics`).
 
-Per-worker gauges and cache statistics are read at scrape time by a custom collector, so the request
-path pays nothing for them. Latency histograms are observed once per request (inter-token latency is the
-request's mean gap between streamed chunks), not once per chunk.
+The request path only bumps plain Python numbers (no locks, no label lookups): a collector turns them into
+metric families at scrape time, together with per-worker gauges and prefix-cache statistics. Latency
+histograms are observed once per request; the inter-token latency of a stream is its mean gap between
+chunks sent to the client.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
-_LATENCY_BUCKETS = (
+LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )
-_ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-class _StateCollector(Collector):
-    def __init__(self, workers: Callable[[], Iterable[Any]], cache_stats: Callable[[], dict | None]):
-        self._workers = workers
-        self._cache_stats = cache_stats
+class Hist:
+    """A histogram as plain numbers: per-bucket counts (non-cumulative), sum and count."""
 
-    def collect(self):  # type: ignore[override]
-        inflight = GaugeMetricFamily("radixrouter_worker_in_flight", "Requests in flight per worker", labels=["worker"])
-        healthy = GaugeMetricFamily("radixrouter_worker_healthy", "1 if the worker is healthy", labels=["worker"])
-        for w in self._workers():
-            inflight.add_metric([w.url], w.in_flight)
-            healthy.add_metric([w.url], 1.0 if w.healthy else 0.0)
-        yield inflight
-        yield healthy
-        stats = self._cache_stats()
-        if stats:
-            yield CounterMetricFamily("radixrouter_cache_lookups", "Prefix cache lookups", value=stats.get("lookups", 0))
-            yield CounterMetricFamily(
-                "radixrouter_cache_looked_up_tokens", "Tokens looked up in the prefix cache",
-                value=stats.get("looked_up_tokens", 0),
-            )
-            yield CounterMetricFamily(
-                "radixrouter_cache_matched_tokens", "Tokens matched in the prefix cache", value=stats.get("matched_tokens", 0)
-            )
-            yield GaugeMetricFamily("radixrouter_cache_tokens", "Tokens held by the prefix cache", value=stats.get("tokens", 0))
-            yield GaugeMetricFamily("radixrouter_cache_nodes", "Nodes of the prefix cache", value=stats.get("nodes", 0))
-            yield CounterMetricFamily(
-                "radixrouter_cache_evictions", "Prefix cache evictions", value=stats.get("evictions", 0)
-            )
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect_left(self.bounds, v)] += 1
+        self.sum += v
+        self.count += 1
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, acc = [], 0
+        for b, c in zip(self.bounds, self.counts, strict=False):
+            acc += c
+            out.append((repr(float(b)), acc))
+        out.append(("+Inf", acc + self.counts[-1]))
+        return out
 
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = r = CollectorRegistry(auto_describe=False)
-        self.requests = Counter(
-            "radixrouter_requests", "HTTP requests by route and status", ["route", "status"], registry=r
-        )
-        self.ttft = Histogram(
-            "radixrouter_time_to_first_token_seconds", "Time to first token (streams)", ["route"],
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )
-        self.itl = Histogram(
-            "radixrouter_inter_token_latency_seconds", "Mean gap between streamed chunks, per request", ["route"],
-            buckets=_ITL_BUCKETS, registry=r,
-        )
-        self.e2e = Histogram(
-            "radixrouter_e2e_latency_seconds", "End-to-end request latency", ["route"],
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )
-        self.prompt_tokens = Counter("radixrouter_prompt_tokens", "Prompt tokens (worker-reported)", registry=r)
-        self.cached_tokens = Counter(
-            "radixrouter_cached_tokens", "Prompt tokens served from the worker's KV cache", registry=r
-        )
-        self.completion_tokens = Counter("radixrouter_completion_tokens", "Completion tokens", registry=r)
-        self.retries = Counter("radixrouter_retries", "Requests moved to another worker", ["reason"], registry=r)
-        self.aborts = Counter("radixrouter_aborts", "Abort requests sent to workers on client disconnect", registry=r)
-        self._children: dict[tuple[str, int], Any] = {}
+        self.requests: dict[tuple[str, int], int] = {}
+        self._hist: dict[str, tuple[Hist, Hist, Hist]] = {}
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.completion_tokens = 0
+        self.retries: dict[str, int] = {}
+        self.aborts = 0
+        self._workers: Callable[[], Iterable[Any]] = lambda: ()
+        self._cache_stats: Callable[[], dict | None] = lambda: None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
 
     def attach_state(self, workers: Callable[[], Iterable[Any]], cache_stats: Callable[[], dict | None]) -> None:
-        self.registry.register(_StateCollector(workers, cache_stats))
+        self._workers = workers
+        self._cache_stats = cache_stats
 
+    # ---- request path
     def count_request(self, route: str, status: int) -> None:
         key = (route, status)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.requests.labels(route, str(status))
-        child.inc()
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+    def route_histograms(self, route: str) -> tuple[Hist, Hist, Hist]:
+        """(e2e, ttft, inter-token) histograms of a route."""
+        h = self._hist.get(route)
+        if h is None:
+            h = self._hist[route] = (Hist(LATENCY_BUCKETS), Hist(LATENCY_BUCKETS), Hist(ITL_BUCKETS))
+        return h
 
     def usage(self, prompt: int, cached: int, completion: int) -> None:
-        if prompt:
-            self.prompt_tokens.inc(prompt)
-        if cached:
-            self.cached_tokens.inc(cached)
-        if completion:
-            self.completion_tokens.inc(completion)
+        self.prompt_tokens += prompt
+        self.cached_tokens += cached
+        self.completion_tokens += completion
+
+    def retry(self, reason: str) -> None:
+        self.retries[reason] = self.retries.get(reason, 0) + 1
+
+    def abort(self) -> None:
+        self.aborts += 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Collector(Collector):
+    def __init__(self, m: Metrics):
+        self.m = m
+
+    def collect(self):  # type: ignore[override]
+        m = self.m
+        req = CounterMetricFamily("radixrouter_requests", "HTTP requests by route and status", labels=["route", "status"])
+        for (route, status), n in sorted(m.requests.items()):
+            req.add_metric([route, str(status)], n)
+        yield req
+        names = (
+            ("radixrouter_e2e_latency_seconds", "End-to-end request latency"),
+            ("radixrouter_time_to_first_token_seconds", "Time to first token of streams"),
+            ("radixrouter_inter_token_latency_seconds", "Mean gap between streamed chunks, per request"),
+        )
+        for i, (name, doc) in enumerate(names):
+            fam = HistogramMetricFamily(name, doc, labels=["route"])
+            for route, hs in sorted(m._hist.items()):
+                h = hs[i]
+                if h.count:
+                    fam.add_metric([route], h.buckets(), h.sum)
+            yield fam
+        yield CounterMetricFamily("radixrouter_prompt_tokens", "Prompt tokens (worker-reported)", value=m.prompt_tokens)
+        yield CounterMetricFamily(
+            "radixrouter_cached_tokens", "Prompt tokens served from the worker's KV cache", value=m.cached_tokens)
+        yield CounterMetricFamily("radixrouter_completion_tokens", "Completion tokens", value=m.completion_tokens)
+        retries = CounterMetricFamily("radixrouter_retries", "Requests moved to another worker", labels=["reason"])
+        for reason, n in sorted(m.retries.items()):
+            retries.add_metric([reason], n)
+        yield retries
+        yield CounterMetricFamily("radixrouter_aborts", "Abort requests sent to workers (client gone)", value=m.aborts)
+        inflight = GaugeMetricFamily("radixrouter_worker_in_flight", "Requests in flight per worker", labels=["worker"])
+        healthy = GaugeMetricFamily("radixrouter_worker_healthy", "1 if the worker is healthy", labels=["worker"])
+        for w in m._workers():
+            inflight.add_metric([w.url], w.in_flight)
+            healthy.add_metric([w.url], 1.0 if w.healthy else 0.0)
+        yield inflight
+        yield healthy
+        stats = m._cache_stats()
+        if stats:
+            for key, name, doc, kind in (
+                ("lookups", "radixrouter_cache_lookups", "Prefix cache lookups", CounterMetricFamily),
+                ("looked_up_tokens", "radixrouter_cache_looked_up_tokens", "Tokens looked up", CounterMetricFamily),
+                ("matched_tokens", "radixrouter_cache_matched_tokens", "Tokens matched in the prefix cache",
+                 CounterMetricFamily),
+                ("evictions", "radixrouter_cache_evictions", "Prefix cache evictions", CounterMetricFamily),
+                ("tokens", "radixrouter_cache_tokens", "Tokens held by the prefix cache", GaugeMetricFamily),
+                ("nodes", "radixrouter_cache_nodes", "Nodes of the prefix cache", GaugeMetricFamily),
+            ):
+                if key in stats:
+                    yield kind(name, doc, value=stats[key])

@@ -320,6 +320,9 @@ def parse_chat(req: Any, served: str) -> ChatRequest:
             m = dict(m, role="system")
         out.append(m)
     p = _common(req, served, ("max_completion_tokens", "max_tokens"))
+    if "max_new_tokens" not in p.sampling:
+        # OpenAI: no limit but the context; SGLang reads null that way (an absent key would mean 128)
+        p.sampling["max_new_tokens"] = None
     lp = _bool(req, "logprobs")
     tl = _int(req, "top_logprobs", 0, 20)
     if tl and not lp:

@@ -129,7 +129,7 @@ class ReasoningParser:
     pieces (never empty strings).  ``reasoning`` and ``content`` hold everything returned so far.
     """
 
-    __slots__ = ("_buf", "_end", "_forced", "_reasoning_started", "_start", "_state", "content", "reasoning")
+    __slots__ = ("_buf", "_content", "_end", "_forced", "_reasoning", "_start", "_state")
 
     def __init__(self, fmt: str = "qwen3", *, in_reasoning: bool | None = None) -> None:
         spec = _FORMATS[normalize_reasoning_format(fmt)]
@@ -138,9 +138,18 @@ class ReasoningParser:
         self._forced = spec.forced if in_reasoning is None else in_reasoning
         self._state = _CONTENT if in_reasoning is False else _START
         self._buf = ""
-        self._reasoning_started = False
-        self.reasoning = ""
-        self.content = ""
+        self._reasoning: list[str] = []
+        self._content: list[str] = []
+
+    @property
+    def reasoning(self) -> str:
+        """All reasoning text returned so far."""
+        return "".join(self._reasoning)
+
+    @property
+    def content(self) -> str:
+        """All content returned so far."""
+        return "".join(self._content)
 
     @property
     def in_reasoning(self) -> bool:
@@ -217,18 +226,15 @@ class ReasoningParser:
             self._emit_content(out, text)
 
     def _emit_reasoning(self, out: list[dict[str, str]], text: str) -> None:
-        if not self._reasoning_started:
+        if not self._reasoning:
             text = text.lstrip()
-            if not text:
-                return
-            self._reasoning_started = True
         if text:
-            self.reasoning += text
+            self._reasoning.append(text)
             out.append({"reasoning_content": text})
 
     def _emit_content(self, out: list[dict[str, str]], text: str) -> None:
         if text:
-            self.content += text
+            self._content.append(text)
             out.append({"content": text})
 
 

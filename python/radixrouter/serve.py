@@ -59,6 +59,7 @@ _FLAGS: list[tuple[str, object, str, dict]] = [
     ("--admin-key", str, "key for /add_worker, /remove_worker, /list_workers (default: the API key)", {}),
     ("--max-body-bytes", _positive(int), "largest request body (413 beyond)", {}),
     ("--max-concurrent-requests", _positive(int), "generation requests in flight before 429 (0 = no limit)", {}),
+    ("--upstream-client", str, "HTTP client for workers", {"choices": ["fast", "aiohttp"]}),
     ("--connect-timeout", _positive(float), "seconds to connect to a worker", {}),
     ("--first-token-timeout", _positive(float), "seconds from request to the worker's first token", {}),
     ("--request-timeout", _positive(float), "seconds for a whole request", {}),

@@ -10,31 +10,40 @@ tokenizes text with the model's ``tokenizer.json``:
   tokenizer config as a variable, and extra keyword arguments (``enable_thinking=False``, ...) passed
   through. ``{% generation %}`` blocks (assistant masks) render their body, as in Hugging Face.
   The tests prove the output byte-identical to jinja2 on real templates.
-* Before rendering, messages get the normalization SGLang's own OpenAI server applies, so that a prompt
-  rendered here equals the one the worker would render itself: for templates that expect string content,
-  an array of text parts becomes their texts joined by a space and ``None`` content becomes ``""``;
-  tool-call ``arguments`` given as a JSON object string become a dict (templates expect dicts).
-  Non-text content parts are rejected.
+* Before rendering, messages get the normalization SGLang's own OpenAI server (and transformers) apply, so
+  that a prompt rendered here equals the one the worker would render itself: keys set to ``None`` are
+  dropped; for templates that expect string content (no loop over ``message.content``) an array of text
+  parts becomes their texts joined by a space and ``None`` content becomes ``""``, for the others parts
+  become ``{"type": "text", "text": ...}``; tool-call ``arguments`` given as a JSON object string become a
+  dict (templates expect dicts); reasoning under ``reasoning`` / ``thinking`` / ``reasoning_content`` is
+  passed as ``reasoning_content`` and ``thinking``. Non-text content parts are rejected.
 * Any failure while rendering raises :class:`TemplateError` (a ``ValueError``; the router answers 400).
 
 ``PromptBuilder`` turns a rendered prompt into token ids through ``radixrouter.PrefixCache``:
 
 * ``tokenize(text)``: the cache's longest token-aligned match gives its ids; only the rest of the text is
-  tokenized. The seam is accepted only where splitting cannot change the result: right after an added
-  (special) token, because tokenizers split the text at added tokens before anything else so both sides
-  tokenize independently, or right after tokens the worker generated (loss mask 1), because those ids are
-  what the worker really saw and must be kept. Otherwise the match is backed off to the last such token
-  (its position is found by decoding the dropped tokens and checking them against the text; if that check
-  fails the whole prompt is tokenized). So the ids equal a full tokenization except inside earlier
-  assistant turns, where they are the worker's own ids.
-* ``record(prompt, output_text, output_ids)``: inserts prompt + output text with the prompt ids (loss mask 0,
-  or whatever the cache held for reused tokens) and the worker's output ids (loss mask 1, logprobs).
-  Output token offsets: the worker reports no character offsets, so **every output token ends at the end of
-  the output text**; a trailing stop token that the worker trimmed from the text (``<|im_end|>``) gets its
-  own text appended and ends after it. A later prompt therefore reuses the output ids only when it
-  contains the whole output text verbatim (all or nothing: never a prefix of the output paired with
-  re-tokenized text). Output ids are recorded only if they decode exactly to the output text (a trimmed
-  stop string, for one, makes them disagree); otherwise only the prompt is recorded.
+  tokenized. A seam is accepted only where splitting cannot change the result, or where keeping the
+  cached ids is the point:
+  - right after an added token (``<|im_end|>``, ``<|im_start|>``, ...): tokenizers split the text at added
+    tokens before normalizing and pre-tokenizing, so both sides tokenize independently;
+  - right after tokens the worker generated (loss mask 1), when the rest of the text is empty or starts
+    with an added token: those ids are what the worker saw and generated, and must be kept.
+  Otherwise the match is backed off to the last added token in it (its position is found by decoding the
+  dropped tokens and checking them against the text; if that fails the whole prompt is tokenized). The
+  ids therefore equal a full tokenization, except for earlier assistant turns, which keep the worker's ids.
+* ``record(prompt, output_text, output_ids)``: inserts prompt + output with the prompt ids (loss mask 0,
+  or what the cache held for reused tokens) and the worker's output ids (loss mask 1, logprobs). A stop
+  token at the end of the ids whose text the worker trimmed (``<|im_end|>``) gets its text appended, so the
+  seam after the assistant turn is right. Output ids are recorded only if they decode exactly to the output
+  text (a trimmed stop string makes them disagree); otherwise only the prompt is recorded.
+* Offsets: the worker reports no character offsets, so token ends are computed from the ids: with a
+  byte-level BPE tokenizer (Qwen, Llama-3, DeepSeek, GPT-style), a token ends after the characters whose
+  first UTF-8 byte it holds (which is what the tokenizer's own offsets say, a character split over several
+  tokens ending with each of them). Every insert uses this one rule, so a re-insert of a cached path brings
+  exactly the ends the cache holds (the cache keeps existing tokens and adds tokens only if the shared part
+  agrees). Output tokens thus end where their text ends; a later prompt that keeps only part of an answer
+  reuses the worker's ids for that part only where the part ends at a token boundary followed by an added
+  token. Tokenizers that are not byte-level (no exact seams either) record text only (worker affinity).
 """
 
 from __future__ import annotations
@@ -42,13 +51,16 @@ from __future__ import annotations
 import json
 import os
 import re
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 import minijinja
-from tokenizers import Tokenizer
+import orjson
+from tokenizers import Tokenizer, decoders
 
 __all__ = ["ChatTokenizer", "Prompt", "PromptBuilder", "TemplateError"]
 
@@ -61,13 +73,19 @@ class TemplateError(ValueError):
 # Hugging Face template shims
 
 
-def _hf_tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
-               separators: Any = None, sort_keys: bool = False) -> str:
+def _hf_tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: Any = None,
+    sort_keys: bool = False,
+) -> str:
     # Same contract as transformers' tojson filter: plain json.dumps, no HTML escaping.
     if separators is not None:
         separators = tuple(separators)
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                      sort_keys=sort_keys)
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 def _raise_exception(message: Any = "") -> None:
@@ -95,12 +113,28 @@ def _rewrite_generation_tags(source: str) -> str:
 # Templates that loop over a message's content expect OpenAI content parts; the rest expect a string.
 _CONTENT_LOOP = re.compile(r"\bfor\s+\w+\s+in\s+\w+\s*(?:\.\s*content\b|\[\s*['\"]content['\"]\s*\])")
 
-_SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
-                       "mask_token")
+_SPECIAL_TOKEN_KEYS = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
 
 # Added special tokens that end a turn or a document; those the tokenizer has join `stop_token_ids`.
-_END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|end|>",
-                "<end_of_turn>", "<|return|>", "</s>")
+_END_MARKERS = (
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end_of_text|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|return|>",
+    "</s>",
+)
 
 
 def _token_content(value: Any) -> str | None:
@@ -151,24 +185,28 @@ class ChatTokenizer:
     eos_token: str | None
     stop_token_ids: set[int]
 
-    def __init__(self, tokenizer: Tokenizer, chat_template: str | list[dict[str, Any]] | None = None,
-                 config: Mapping[str, Any] | None = None, *, name: str = "model",
-                 extra_eos_token_ids: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        chat_template: str | list[dict[str, Any]] | None = None,
+        config: Mapping[str, Any] | None = None,
+        *,
+        name: str = "model",
+        extra_eos_token_ids: Iterable[int] = (),
+    ) -> None:
         config = dict(config or {})
         tokenizer.no_truncation()
         tokenizer.no_padding()
         self._tok = tokenizer
         self.name = name
 
-        # Special tokens: template variables (transformers' special_tokens_map, None values left out).
+        # Special tokens: template variables, as transformers' special_tokens_map (named tokens set in the
+        # config; additional special tokens are not template variables since transformers 5).
         special: dict[str, Any] = {}
         for key in _SPECIAL_TOKEN_KEYS:
             content = _token_content(config.get(key))
             if content is not None:
                 special[key] = content
-        extra = config.get("additional_special_tokens")
-        if isinstance(extra, list):
-            special["additional_special_tokens"] = [c for c in map(_token_content, extra) if c is not None]
         self.special_tokens: dict[str, Any] = special
         self.bos_token = special.get("bos_token")
         self.eos_token = special.get("eos_token")
@@ -194,21 +232,26 @@ class ChatTokenizer:
             if eos_id is not None:
                 stop.add(eos_id)
         for marker in _END_MARKERS:
-            tid = self.added_tokens.get(marker)
-            if tid is not None and tid in special_ids:
-                stop.add(tid)
+            marker_id = self.added_tokens.get(marker)
+            if marker_id is not None and marker_id in special_ids:
+                stop.add(marker_id)
         self.stop_token_ids = stop
         self._token_text: dict[int, str] = {}
+        self._byte_level = isinstance(tokenizer.decoder, decoders.ByteLevel)
+        self._lead: bytes | array[int] | None = None  # built on first use (about 0.3 s for 150k ids)
 
         # Templates: one string, or named ones ("default", "tool_use", ...).
         if isinstance(chat_template, list):
             named: dict[str, str] = {}
             for entry in chat_template:
-                if isinstance(entry, Mapping) and isinstance(entry.get("name"), str) \
-                        and isinstance(entry.get("template"), str):
+                if (
+                    isinstance(entry, Mapping)
+                    and isinstance(entry.get("name"), str)
+                    and isinstance(entry.get("template"), str)
+                ):
                     named[entry["name"]] = entry["template"]
-            if "default" not in named:
-                raise TemplateError("the list of chat templates has no 'default' template")
+            if not named:
+                raise TemplateError("the list of chat templates has no named template")
             templates = named
         elif isinstance(chat_template, str):
             templates = {"default": chat_template}
@@ -237,8 +280,9 @@ class ChatTokenizer:
     # -- construction -----------------------------------------------------------------------------------
 
     @classmethod
-    def from_model_path(cls, path: str | os.PathLike[str], *,
-                        chat_template_file: str | os.PathLike[str] | None = None) -> ChatTokenizer:
+    def from_model_path(
+        cls, path: str | os.PathLike[str], *, chat_template_file: str | os.PathLike[str] | None = None
+    ) -> ChatTokenizer:
         """A model directory: tokenizer.json, tokenizer_config.json (chat_template, special tokens),
         chat_template.jinja (wins over the config's template, as in transformers), generation_config.json
         (extra EOS ids). ``chat_template_file`` overrides the template."""
@@ -262,13 +306,21 @@ class ChatTokenizer:
         if gen_file.is_file():
             eos = _read_json(gen_file).get("eos_token_id")
             extra_eos = [eos] if isinstance(eos, int) else [i for i in eos or () if isinstance(i, int)]
-        return cls(_load_tokenizer(tokenizer_file), template, config, name=root.resolve().name,
-                   extra_eos_token_ids=extra_eos)
+        return cls(
+            _load_tokenizer(tokenizer_file),
+            template,
+            config,
+            name=root.resolve().name,
+            extra_eos_token_ids=extra_eos,
+        )
 
     @classmethod
-    def from_files(cls, tokenizer_file: str | os.PathLike[str],
-                   chat_template_file: str | os.PathLike[str] | None = None,
-                   config_file: str | os.PathLike[str] | None = None) -> ChatTokenizer:
+    def from_files(
+        cls,
+        tokenizer_file: str | os.PathLike[str],
+        chat_template_file: str | os.PathLike[str] | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+    ) -> ChatTokenizer:
         """A tokenizer.json, optionally a template file (.jinja, or a JSON file with ``chat_template``)
         and a tokenizer_config.json (special tokens; its template is used if no template file is given)."""
         tokenizer_path = Path(tokenizer_file)
@@ -278,8 +330,12 @@ class ChatTokenizer:
         template = config.get("chat_template")
         if chat_template_file is not None:
             template = _read_template_file(Path(chat_template_file))
-        return cls(_load_tokenizer(tokenizer_path), template, config,
-                   name=tokenizer_path.resolve().parent.name or "model")
+        return cls(
+            _load_tokenizer(tokenizer_path),
+            template,
+            config,
+            name=tokenizer_path.resolve().parent.name or "model",
+        )
 
     @classmethod
     def qwen3(cls) -> ChatTokenizer:
@@ -293,15 +349,23 @@ class ChatTokenizer:
 
     @property
     def has_chat_template(self) -> bool:
-        return self.chat_template is not None
+        return bool(self._content_parts)
 
-    def render(self, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Any] | None = None,
-               add_generation_prompt: bool = True, **kwargs: Any) -> str:
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Any] | None = None,
+        add_generation_prompt: bool = True,
+        **kwargs: Any,
+    ) -> str:
         """Render ``messages`` (and ``tools``) with the chat template, as transformers'
         ``apply_chat_template(..., tokenize=False)`` does. Raises TemplateError."""
-        if self.chat_template is None:
-            raise TemplateError("this model has no chat template (give one with --chat-template)")
-        name = "tool_use" if tools and self._has_tool_template else "default"
+        name = "tool_use" if tools is not None and self._has_tool_template else "default"
+        if name not in self._content_parts:
+            if not self._content_parts:
+                raise TemplateError("this model has no chat template (give one with --chat-template)")
+            raise TemplateError(f"this model has no {name!r} chat template")
         msgs = _normalize_messages(messages, self._content_parts[name])
         context = dict(self.special_tokens)
         context.update(kwargs)
@@ -351,6 +415,24 @@ class ChatTokenizer:
         return text
 
     @property
+    def byte_level(self) -> bool:
+        """Whether the tokenizer is byte-level BPE (token ends can be computed from ids)."""
+        return self._byte_level
+
+    def char_ends(self, ids: Sequence[int], start: int = 0) -> list[int]:
+        """Each token's end offset in the text the ids spell, starting at ``start``: the number of
+        characters whose first UTF-8 byte lies in the tokens so far (a byte-level tokenizer's own offsets).
+        Byte-level tokenizers only."""
+        lead = self._lead
+        if lead is None:
+            if not self._byte_level:
+                raise ValueError("token ends from ids need a byte-level tokenizer")
+            lead = self._lead = _lead_byte_table(self._tok)
+        ends = list(accumulate(map(lead.__getitem__, ids), initial=start))
+        del ends[0]
+        return ends
+
+    @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
@@ -369,6 +451,33 @@ def qwen3_files() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
 
 
+def _byte_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in character for each byte value, inverted (char -> byte)."""
+    kept = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars = {b: chr(b) for b in kept}
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return {c: b for b, c in chars.items()}
+
+
+def _lead_byte_table(tokenizer: Tokenizer) -> bytes | array[int]:
+    """For a byte-level BPE tokenizer, each id's count of UTF-8 lead bytes (bytes that start a character)."""
+    # Dropping the stand-ins of continuation bytes (0x80-0xBF) leaves one character per lead byte.
+    drop_continuations = {ord(c): None for c, b in _byte_alphabet().items() if 0x80 <= b < 0xC0}
+    vocab = tokenizer.get_vocab(with_added_tokens=False)
+    counts = [0] * (max(tokenizer.get_vocab_size(with_added_tokens=True), max(vocab.values(), default=0) + 1))
+    for token, tid in vocab.items():
+        counts[tid] = len(token.translate(drop_continuations))
+    for tid, added in tokenizer.get_added_tokens_decoder().items():
+        if tid >= len(counts):
+            counts.extend([0] * (tid + 1 - len(counts)))
+        counts[tid] = len(added.content)  # added tokens are matched as plain text
+    return bytes(counts) if max(counts, default=0) < 256 else array("I", counts)
+
+
 def _load_tokenizer(path: Path) -> Tokenizer:
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file {path} not found")
@@ -385,44 +494,55 @@ def _describe(e: minijinja.TemplateError) -> str:
 
 
 def _normalize_messages(messages: Sequence[Mapping[str, Any]], content_parts: bool) -> list[Any]:
-    """SGLang's message preprocessing (see the module docstring); messages are copied only if changed."""
+    """Message preprocessing (see the module docstring); messages are copied only if changed."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise TemplateError("messages must be a list of message objects")
     out: list[Any] = []
     append = out.append
     for i, msg in enumerate(messages):
-        content = msg.get("content") if isinstance(msg, dict) else _message_content(msg, i)
-        if content.__class__ is str and not msg.get("tool_calls"):
+        if not isinstance(msg, Mapping):
+            raise TemplateError(f"messages[{i}] must be an object")
+        content = msg.get("content")
+        if (
+            content.__class__ is str
+            and "tool_calls" not in msg
+            and "reasoning_content" not in msg
+            and "reasoning" not in msg
+            and "thinking" not in msg
+            and None not in msg.values()
+        ):
             append(msg)  # the common case: nothing to change
             continue
-        new: dict[str, Any] | None = None
+        # As transformers does: keys set to None are dropped (templates handle a missing key better).
+        new = {k: v for k, v in msg.items() if v is not None}
         if not content_parts:
             if content is None:
-                new = dict(msg)
                 new["content"] = ""
             elif isinstance(content, list):
-                new = dict(msg)
-                new["content"] = _join_text_parts(content, i)
+                new["content"] = " ".join(_text_parts(content, i))
         elif isinstance(content, list):
-            _join_text_parts(content, i)  # validation only: text parts are all this router serves
-        calls = msg.get("tool_calls")
+            new["content"] = [{"type": "text", "text": t} for t in _text_parts(content, i)]
+        calls = new.get("tool_calls")
         if calls:
             fixed = _parse_tool_call_arguments(calls)
             if fixed is not None:
-                if new is None:
-                    new = dict(msg)
                 new["tool_calls"] = fixed
-        append(msg if new is None else new)
+        # As transformers does: reasoning given under any of its names is passed as `reasoning_content`
+        # (what templates read) and as `thinking`.
+        for key in _REASONING_FIELDS:
+            reasoning = new.get(key)
+            if reasoning is not None:
+                new = {"thinking": reasoning, **new, "reasoning_content": reasoning}
+                break
+        append(new)
     return out
 
 
-def _message_content(msg: Any, index: int) -> Any:
-    if not isinstance(msg, Mapping):
-        raise TemplateError(f"messages[{index}] must be an object")
-    return msg.get("content")
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
 
-def _join_text_parts(parts: list[Any], index: int) -> str:
+def _text_parts(parts: list[Any], index: int) -> list[str]:
+    """The texts of OpenAI content parts (text only: this router serves text models)."""
     texts: list[str] = []
     for part in parts:
         if isinstance(part, str):
@@ -431,11 +551,12 @@ def _join_text_parts(parts: list[Any], index: int) -> str:
         if not isinstance(part, Mapping):
             raise TemplateError(f"messages[{index}].content parts must be objects")
         kind = part.get("type", "text")
-        if kind != "text" or not isinstance(part.get("text"), str):
-            raise TemplateError(f"messages[{index}].content: content part type {kind!r} is not supported "
-                                "(text only)")
+        if kind not in ("text", "input_text") or not isinstance(part.get("text"), str):
+            raise TemplateError(
+                f"messages[{index}].content: content part type {kind!r} is not supported (text only)"
+            )
         texts.append(part["text"])
-    return " ".join(texts)
+    return texts
 
 
 def _parse_tool_call_arguments(calls: Any) -> list[Any] | None:
@@ -445,7 +566,9 @@ def _parse_tool_call_arguments(calls: Any) -> list[Any] | None:
     fixed: list[Any] | None = None
     for j, call in enumerate(calls):
         fn = call.get("function") if isinstance(call, Mapping) else None
-        args = fn.get("arguments") if isinstance(fn, Mapping) else None
+        if not isinstance(fn, Mapping):
+            continue
+        args = fn.get("arguments")
         if not isinstance(args, str):
             continue
         try:
@@ -467,21 +590,16 @@ def _parse_tool_call_arguments(calls: Any) -> list[Any] | None:
 class Prompt:
     """A tokenized prompt: ``text``, ``ids``, and ``cached_tokens`` (how many ids came from the cache)."""
 
-    __slots__ = ("text", "ids", "cached_tokens", "_seam", "_rest_ends", "_match")
+    __slots__ = ("text", "ids", "cached_tokens", "match")
 
-    def __init__(self, text: str, ids: list[int], cached_tokens: int = 0, seam: int = 0,
-                 rest_ends: list[int] | None = None, match: Any = None) -> None:
+    def __init__(self, text: str, ids: list[int], cached_tokens: int = 0, match: Any = None) -> None:
         self.text = text
         self.ids = ids
         self.cached_tokens = cached_tokens
-        self._seam = seam            # text position where the reused ids end
-        self._rest_ends = rest_ends  # ends of ids[cached_tokens:] (None without a cache)
-        self._match = match          # the PrefixMatch the reused ids came from
+        self.match = match  # the PrefixMatch of the lookup (None without one); reused ids come from it
 
     def ids_json(self) -> bytes:
         """The ids as a JSON array (for ``input_ids`` in a request body)."""
-        import orjson
-
         return orjson.dumps(self.ids)
 
     def __repr__(self) -> str:
@@ -495,6 +613,7 @@ class PromptBuilder:
         self.tokenizer = tokenizer
         self.cache = cache
         self._seams = tokenizer.seam_token_ids
+        self._seam_texts = tuple(text for text, tid in tokenizer.added_tokens.items() if tid in self._seams)
         self._stop_text = {tid: tokenizer.id_to_token_text(tid) for tid in tokenizer.stop_token_ids}
         # Counters (plain ints; the router exports what it wants).
         self.lookups = 0
@@ -503,12 +622,13 @@ class PromptBuilder:
         self.fallbacks = 0
         self.recorded_outputs = 0
         self.rejected_outputs = 0
-        self.exact_seams = self._check_seams()
+        self.exact_seams = tokenizer.byte_level and self._check_seams()
+        if cache is not None and tokenizer.byte_level:
+            tokenizer.char_ends([])  # build the offsets table now rather than on the first request
 
     def _check_seams(self) -> bool:
-        """Whether text after an added token tokenizes independently of what precedes it. True for
-        byte-level BPE tokenizers (Qwen, Llama-3); false e.g. for SentencePiece ones that prefix a space
-        to the first word only. Without it the cache is not used for tokenization."""
+        """Whether text after an added token tokenizes independently of what precedes it (true for
+        byte-level BPE tokenizers without a prefix space)."""
         tok = self.tokenizer
         ids = sorted(self._seams & tok.special_token_ids) or sorted(self._seams)
         if not ids:
@@ -516,76 +636,81 @@ class PromptBuilder:
         marker = tok.id_to_token_text(ids[0])
         head, tail = "Hello  wor", " ld\n\n  é x"
         whole = tok.encode(head + marker + tail)
-        return whole == tok.encode(head + marker) + tok.encode(tail) and whole[len(tok.encode(head))] == ids[0]
+        split = tok.encode(head + marker) + tok.encode(tail)
+        return whole == split and whole[len(tok.encode(head))] == ids[0]
 
     # -- tokenize ---------------------------------------------------------------------------------------
 
     def tokenize(self, text: str) -> Prompt:
+        """The prompt's token ids, reusing what the cache holds (see the module docstring).
+        ``Prompt.match`` keeps the cache lookup (e.g. for its ``workers``)."""
         tok = self.tokenizer
         cache = self.cache
-        if cache is None:
+        if cache is None or not self.exact_seams or not text:
             return Prompt(text, tok.encode(text))
-        if not self.exact_seams or not text:
-            ids, ends = tok.encode_with_ends(text)
-            return Prompt(text, ids, 0, 0, ends)
         self.lookups += 1
         m = cache.match(text)
         n = m.token_count
         if n == 0:
-            ids, ends = tok.encode_with_ends(text)
-            return Prompt(text, ids, 0, 0, ends)
+            return Prompt(text, tok.encode(text), 0, m)
         cached = m.token_ids
         seam = m.length
         k = n
         seams = self._seams
-        if cached[-1] not in seams:
-            mask = m.loss_mask
-            if not mask[-1]:
-                # Back off to the last added token or worker-generated token.
+        if cached[-1] not in seams and not (
+            m.loss_mask[-1] and (seam == len(text) or text.startswith(self._seam_texts, seam))
+        ):
+            # Back off to the last added token.
+            k -= 1
+            while k and cached[k - 1] not in seams:
                 k -= 1
-                while k and cached[k - 1] not in seams and not mask[k - 1]:
-                    k -= 1
-                dropped = tok.decode(cached[k:n], skip_special_tokens=False)
-                seam -= len(dropped)
-                self.backoffs += 1
-                if k == 0 or seam < 0 or not text.startswith(dropped, seam):
-                    self.fallbacks += k != 0
-                    ids, ends = tok.encode_with_ends(text)
-                    return Prompt(text, ids, 0, 0, ends)
-                cached = cached[:k]
+            self.backoffs += 1
+            if k == 0:
+                return Prompt(text, tok.encode(text), 0, m)
+            dropped = tok.decode(cached[k:n], skip_special_tokens=False)
+            seam -= len(dropped)
+            if seam < 0 or not text.startswith(dropped, seam):
+                self.fallbacks += 1
+                return Prompt(text, tok.encode(text), 0, m)
+            del cached[k:]
         if seam < len(text):
-            rest_ids, rest_ends = tok.encode_with_ends(text[seam:])
-            if seam:
-                rest_ends = [e + seam for e in rest_ends]
-            ids = cached + rest_ids
-        else:
-            rest_ends = []
-            ids = cached
+            cached += tok.encode(text[seam:])
         self.reused_tokens += k
-        return Prompt(text, ids, k, seam, rest_ends, m)
+        return Prompt(text, cached, k, m)
 
     # -- record -----------------------------------------------------------------------------------------
 
-    def record(self, prompt: Prompt, output_text: str, output_ids: Sequence[int], *,
-               output_logprobs: Sequence[float] | None = None, finish_reason: Any = None,
-               worker: str | None = None) -> None:
+    def record(
+        self,
+        prompt: Prompt,
+        output_text: str,
+        output_ids: Sequence[int],
+        *,
+        output_logprobs: Sequence[float] | None = None,
+        finish_reason: Any = None,
+        worker: str | None = None,
+    ) -> None:
         """Insert prompt + output into the cache (see the module docstring for the rules)."""
         cache = self.cache
         if cache is None:
             return
-        if prompt._rest_ends is None:
-            raise ValueError("this prompt was not tokenized through the cache")
         out = list(output_ids)
         if output_logprobs is not None and len(output_logprobs) != len(out):
             raise ValueError(f"{len(output_logprobs)} output logprobs for {len(out)} output ids")
-
-        k = prompt.cached_tokens
+        tok = self.tokenizer
+        text = prompt.text
         ids = prompt.ids
-        ends = [prompt._seam] * k + prompt._rest_ends if k else list(prompt._rest_ends)
-        m = prompt._match
+        ends = tok.char_ends(ids) if tok.byte_level else None
+        if ends is None or (ends[-1] if ends else 0) != len(text):
+            # Not byte-level, or the text is not what the ids decode to (e.g. normalized away): no token
+            # data, the worker's affinity only.
+            cache.insert(text + output_text, [], [], worker=worker)
+            return
+        k = prompt.cached_tokens
         mask: list[int] | None = None
         logprobs: list[float] | None = None
         if k:
+            m = prompt.match
             pre_mask = m.loss_mask
             if any(pre_mask[:k]):
                 mask = pre_mask[:k] + [0] * (len(ids) - k)
@@ -593,43 +718,40 @@ class PromptBuilder:
             if any(pre_lp[:k]):
                 logprobs = pre_lp[:k] + [0.0] * (len(ids) - k)
 
-        text = prompt.text
-        out_ends = self._output_ends(len(text), output_text, out, finish_reason)
-        if out_ends is not None:
+        out_text = self._output_text(output_text, out, finish_reason)
+        out_ends = tok.char_ends(out, len(text)) if out_text is not None else None
+        if (
+            out_text is not None
+            and out_ends
+            and out_ends[0] > len(text)
+            and out_ends[-1] == len(text) + len(out_text)
+        ):
             self.recorded_outputs += 1
-            suffix_len = out_ends[-1] - len(text)
-            eos_text = suffix_len - len(output_text)
-            text = text + output_text + (self._stop_text[out[-1]] if eos_text else "")
+            text += out_text
             ids = ids + out
             ends += out_ends
             mask = (mask or [0] * len(prompt.ids)) + [1] * len(out)
             if output_logprobs is not None or logprobs is not None:
                 logprobs = (logprobs or [0.0] * len(prompt.ids)) + (
-                    [float(x) for x in output_logprobs] if output_logprobs is not None else [0.0] * len(out))
+                    [float(x) for x in output_logprobs] if output_logprobs is not None else [0.0] * len(out)
+                )
         elif out:
             self.rejected_outputs += 1
-        if not ids:
-            return
-        cache.insert(text, ids, ends, logprobs=logprobs, loss_mask=mask, worker=worker)
+        if ids:
+            cache.insert(text, ids, ends, logprobs=logprobs, loss_mask=mask, worker=worker)
 
-    def _output_ends(self, base: int, output_text: str, out: list[int], finish_reason: Any) -> list[int] | None:
-        """End offsets for the output ids, or None when they cannot be paired with the output text."""
+    def _output_text(self, output_text: str, out: list[int], finish_reason: Any) -> str | None:
+        """The text the output ids spell (the output text, plus a stop token's text the worker trimmed),
+        or None when they do not spell the output text."""
         if not out:
             return None
         if isinstance(finish_reason, Mapping) and isinstance(finish_reason.get("matched"), str):
             return None  # a stop string was trimmed from the text but not from the ids
         eos = self._stop_text.get(out[-1])
-        trimmed = eos is not None and not output_text.endswith(eos)
-        body = out[:-1] if trimmed else out
+        if eos is not None and not output_text.endswith(eos):
+            body, suffix = out[:-1], eos
+        else:
+            body, suffix = out, ""
         if self.tokenizer.decode(body, skip_special_tokens=False) != output_text:
             return None
-        end = base + len(output_text)
-        if trimmed:
-            assert eos is not None
-            eos_end = end + len(eos)
-            # Without output text the other tokens would sit at the prompt's end, where a repeat of the
-            # same prompt would pick them up; they move to the stop token's end instead.
-            return [end if output_text else eos_end] * len(body) + [eos_end]
-        if not output_text:
-            return None
-        return [end] * len(out)
+        return output_text + suffix

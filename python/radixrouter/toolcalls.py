@@ -18,7 +18,7 @@ Formats (``--tool-call-parser``; :func:`detect_tool_format` guesses one from a c
     ``{"name": ..., "parameters": {...}}`` at the start of the output or after ``<|python_tag|>``; several
     calls separated by ``;``.  A JSON object without ``name`` and ``parameters``/``arguments`` is content.
 ``mistral``
-    ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`` and the newer
+    ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`` (or a single object), and the newer
     ``[TOOL_CALLS]name[ARGS]{...}`` (optionally ``name[CALL_ID]id[ARGS]{...}``), once per call.
     ``[TOOL_CALLS]`` and ``<|python_tag|>`` are special tokens: ask the worker for
     ``skip_special_tokens: false`` when tools are in play, or the markers never reach the parser.
@@ -44,22 +44,33 @@ way).  The default (``False``) never sends a call whose JSON is not valid; calls
 fragments (the head, then the whole arguments) when their JSON closes.
 
 Request side: :func:`validate_tools` and :func:`validate_tool_choice` check ``tools`` / ``tool_choice`` and
-raise :class:`ToolRequestError` (a ``ValueError`` carrying the OpenAI ``param``) for a 400.
+raise :class:`ToolRequestError` (a ``ValueError`` carrying the OpenAI ``param``) for a 400.  What the
+router does per ``tool_choice``:
+- ``none``: render without tools (as SGLang does) and do not parse; ``auto``: render tools, parse.
+- ``required`` / a named function: either constrain the output (send :func:`tool_choice_json_schema` as
+  ``sampling_params["json_schema"]``, parse with ``constrained=True``; render reasoning models with thinking
+  off, since the constraint binds from the first token), or, without constraints, render tools and parse
+  as for ``auto``: the model is then only asked, and an answer without a (matching) call is returned as is.
 :class:`OutputParser` composes reasoning separation (:mod:`radixrouter.reasoning`) and tool-call parsing
-into one object the router feeds; see its docstring for the calling convention.
+into the router's output processor; :func:`make_output_processor_factory` builds it per request.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from radixrouter.reasoning import ReasoningParser
+from radixrouter.reasoning import (
+    ReasoningParser,
+    _partial_suffix,
+    normalize_reasoning_format,
+    prompt_in_reasoning,
+)
 
 __all__ = [
     "TOOL_FORMATS",
@@ -68,6 +79,8 @@ __all__ = [
     "ToolChoice",
     "ToolRequestError",
     "detect_tool_format",
+    "group_deltas",
+    "make_output_processor_factory",
     "merge_deltas",
     "new_call_id",
     "normalize_tool_format",
@@ -174,53 +187,85 @@ def _decode_key(raw: str) -> str:
 
 
 class _ObjectScanner:
-    """Follows one JSON object (``text[0] == "{"``) as it arrives, without validating it.
+    """Follows one JSON object (its first character is ``{``) as it arrives, chunk by chunk, without
+    validating it; each character is scanned once and the chunks are joined only when the text is needed.
 
-    It knows where the object ends (``end``, exclusive) and where each top-level value lies (``spans``: key
-    -> (start, end) once the value is complete; ``key``/``val_start`` for the value being read).  Validation
-    is left to orjson once the object is complete.
+    It knows where the object ends (``end``, exclusive) and where top-level values lie (``spans``: key ->
+    (start, end) of the first complete value under that key, with ``arguments`` and ``parameters`` both
+    recorded as ``"args"``; ``key``/``val_start`` for the value being read; ``dup`` if a key repeats).
+    Offsets count from the object's first character.  Validation is left to orjson once the object is
+    complete.
     """
 
-    __slots__ = ("after_colon", "depth", "end", "expect_key", "in_str", "key", "pos", "spans", "str_start",
-                 "text", "val_start")
+    __slots__ = ("after_colon", "args_start", "depth", "dup", "end", "esc", "expect_key", "in_str", "key", "parts",
+                 "size", "spans", "str_start", "val_start")
 
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0  # characters fed (and scanned)
         self.depth = 0
         self.in_str = False
+        self.esc = False  # a backslash ended the last chunk inside a string
         self.str_start = -1
         self.expect_key = False
         self.key: str | None = None
         self.after_colon = False
         self.val_start = -1
+        self.args_start = -1  # where the first arguments value begins, once known (never changes after)
         self.spans: dict[str, tuple[int, int]] = {}
+        self.dup = False
         self.end = -1
+
+    def text(self) -> str:
+        if len(self.parts) > 1:
+            self.parts = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
+
+    def get(self, a: int, b: int) -> str:
+        """``text()[a:b]``, cheap for recent text."""
+        out = []
+        end = self.size
+        for part in reversed(self.parts):
+            start = end - len(part)
+            if start < b and end > a:
+                out.append(part[max(a - start, 0): b - start])
+            if start <= a:
+                break
+            end = start
+        return "".join(reversed(out))
 
     def _close_value(self, end: int) -> None:
         if self.key is not None:
-            self.spans[self.key] = (self.val_start, end)
+            if self.key in self.spans:
+                self.dup = True
+            else:
+                self.spans[self.key] = (self.val_start, end)
         self.key = None
         self.val_start = -1
 
     def _close_scalar(self, j: int) -> None:
         if self.val_start >= 0:
-            self._close_value(self.val_start + len(self.text[self.val_start:j].rstrip()))
+            self._close_value(self.val_start + len(self.get(self.val_start, j).rstrip()))
 
-    def scan(self, limit: int) -> None:
-        """Advance up to ``limit`` (an escape pair may be completed past it); stops at the object's end."""
-        t = self.text
-        i = self.pos
-        while i < limit:
+    def feed(self, t: str) -> int:
+        """Scan a chunk; returns how many of its characters belong to the object (all, unless it ended)."""
+        base = self.size
+        n = len(t)
+        self.parts.append(t)
+        self.size = base + n
+        i = 0
+        if self.esc and n:
+            self.esc = False
+            i = 1
+        while i < n:
             if self.in_str:
-                m = _STR_STOP.search(t, i, limit)
+                m = _STR_STOP.search(t, i)
                 if m is None:
-                    i = limit
                     break
                 j = m.start()
                 if t[j] == "\\":
-                    if j + 1 >= len(t):
-                        i = j  # wait for the escaped character
+                    if j + 1 >= n:
+                        self.esc = True  # the escaped character comes with the next chunk
                         break
                     i = j + 2
                     continue
@@ -228,29 +273,30 @@ class _ObjectScanner:
                 self.in_str = False
                 if self.depth == 1:
                     if self.expect_key:
-                        self.key = _decode_key(t[self.str_start:i])
+                        key = _decode_key(self.get(self.str_start, base + i))
+                        self.key = "args" if key in _ARG_KEYS else key
                         self.expect_key = False
                     elif self.val_start == self.str_start:
-                        self._close_value(i)
+                        self._close_value(base + i)
                 continue
             if self.after_colon:
-                m = _NON_WS.search(t, i, limit)
+                m = _NON_WS.search(t, i)
                 if m is None:
-                    i = limit
                     break
                 i = m.start()
-                self.val_start = i
+                self.val_start = base + i
                 self.after_colon = False
-            m = _STRUCT_STOP.search(t, i, limit)
+                if self.key == "args" and self.args_start < 0:
+                    self.args_start = self.val_start
+            m = _STRUCT_STOP.search(t, i)
             if m is None:
-                i = limit
                 break
             j = m.start()
             c = t[j]
             i = j + 1
             if c == '"':
                 self.in_str = True
-                self.str_start = j
+                self.str_start = base + j
             elif c == "{" or c == "[":
                 if self.depth == 0:
                     self.expect_key = True
@@ -259,31 +305,20 @@ class _ObjectScanner:
                 self.depth -= 1
                 if self.depth == 1:
                     if self.val_start >= 0:
-                        self._close_value(i)
+                        self._close_value(base + i)
                 elif self.depth <= 0:
-                    self._close_scalar(j)
-                    self.end = i
-                    break
+                    self._close_scalar(base + j)
+                    self.end = base + i
+                    self.parts[-1] = t[:i]
+                    self.size = base + i
+                    return i
             elif c == ",":
                 if self.depth == 1:
-                    self._close_scalar(j)
+                    self._close_scalar(base + j)
                     self.expect_key = True
             elif self.depth == 1 and self.key is not None:  # ':'
                 self.after_colon = True
-        self.pos = i
-
-
-def _partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``marker``."""
-    first = marker[0]
-    start = max(0, len(text) - len(marker) + 1)
-    while True:
-        i = text.find(first, start)
-        if i < 0:
-            return 0
-        if marker.startswith(text[i:]):
-            return len(text) - i
-        start = i + 1
+        return n
 
 
 _V11_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
@@ -327,14 +362,14 @@ class ToolCallParser:
         self._ws = ""  # trailing whitespace of the content, held back
         self._calls: list[_Call] = []
         self.broken_calls = 0
-        self.content = ""
+        self._content: list[str] = []
         self._scanner: _ObjectScanner | None = None
         self._kind = _WRAPPER
         self._pending_name = ""  # name of an _ARGS_ONLY call
         self._streaming: _Call | None = None  # call whose head was already sent (stream_arguments)
-        self._sent = 0  # scanner offset up to which its arguments were sent
+        self._no_stream = False  # stream_arguments: this call cannot stream (its name is not first / not valid)
         self._args_start = 0
-        self._args_key: str | None = None
+        self._sent = 0  # scanner offset up to which its arguments were sent
         self._at_start = True  # llama3: a bare "{" here opens a call
         self._final_text = False  # after a constrained call: the rest is content, no markup
         self._open_kind = self.format
@@ -370,6 +405,11 @@ class ToolCallParser:
         return bool(self._calls)
 
     @property
+    def content(self) -> str:
+        """Everything returned as content so far."""
+        return "".join(self._content)
+
+    @property
     def tool_calls(self) -> list[dict[str, Any]]:
         """The calls so far in the OpenAI message shape (``id``, ``type``, ``function.name/arguments``)."""
         return [c.as_message() for c in self._calls]
@@ -392,9 +432,11 @@ class ToolCallParser:
             if self._streaming is not None:
                 self._end_streamed_call()
             else:
-                self._text(out, self._raw + sc.text)
-        elif st in (_OPEN, _ARRAY_ITEM, _ARRAY_NEXT, _V11_HEADER, _LLAMA_NEXT, _AFTER):
-            if st in (_AFTER, _LLAMA_NEXT, _ARRAY_NEXT) and not self._buf.strip():
+                self._text(out, self._raw + sc.text() + self._buf)
+        elif st == _AFTER:
+            self._text(out, self._buf.lstrip())  # whitespace right after a call is dropped, as in _step
+        elif st in (_OPEN, _ARRAY_ITEM, _ARRAY_NEXT, _V11_HEADER, _LLAMA_NEXT):
+            if st in (_LLAMA_NEXT, _ARRAY_NEXT) and not self._buf.strip():
                 pass  # only whitespace after a complete call, or an unclosed array after its calls
             else:
                 self._text(out, self._raw + self._buf)
@@ -411,7 +453,7 @@ class ToolCallParser:
 
     # -- output helpers ------------------------------------------------------------------------------------
     def _emit(self, out: list[dict[str, Any]], text: str) -> None:
-        self.content += text
+        self._content.append(text)
         if out and "content" in out[-1]:
             out[-1]["content"] += text
         else:
@@ -428,7 +470,7 @@ class ToolCallParser:
         tail = s[len(core):]
         body = core.lstrip()
         ws = self._ws + core[: len(core) - len(body)]
-        if ws and (self.content or not self._calls):
+        if ws and (self._content or not self._calls):
             body = ws + body
         self._ws = tail
         self._at_start = False
@@ -492,6 +534,11 @@ class ToolCallParser:
                     self._buf = stripped
                     self._state = _V11_HEADER
                     return True
+                if c == "{":  # a single call object without the array
+                    self._raw += ws
+                    self._after_kind = "mistral"
+                    self._start_call(_WRAPPER, stripped)
+                    return True
                 return self._malformed(out, ws, stripped)
             if kind == "array":
                 if c == "[":
@@ -510,12 +557,7 @@ class ToolCallParser:
                 self._raw += ws
                 self._start_call(_WRAPPER, stripped)
                 return True
-            if c == "]" and self._raw.rstrip().endswith("["):
-                self._raw = ""
-                self._buf = stripped[1:]
-                self._to_text()
-                return True
-            return self._malformed(out, ws, stripped)
+            return self._malformed(out, ws, stripped)  # includes an empty array: no call, so it is text
         if st == _ARRAY_NEXT:
             if c == ",":
                 self._raw += ws + ","
@@ -531,6 +573,9 @@ class ToolCallParser:
         # _AFTER / _LLAMA_NEXT: what follows a complete call
         kind = self._after_kind
         if kind == "hermes":
+            if c == "{":  # several objects in one <tool_call> block (seen with Qwen2.5)
+                self._start_call(_WRAPPER, stripped)
+                return True
             if stripped.startswith(_HERMES_CLOSE):
                 self._buf = stripped[len(_HERMES_CLOSE):]
             elif _HERMES_CLOSE.startswith(stripped):
@@ -559,10 +604,8 @@ class ToolCallParser:
             self._buf = stripped
             self._to_text()
             return True
-        if kind == "array":
-            self._state = _ARRAY_NEXT
-            return True
-        # mistral [ARGS] form, constrained named call: back to text
+        # mistral [ARGS] form or single object, constrained named call: back to text
+        self._buf = stripped
         self._to_text()
         return True
 
@@ -640,55 +683,53 @@ class ToolCallParser:
     # -- one JSON object -----------------------------------------------------------------------------------
     def _start_call(self, kind: int, text: str) -> None:
         self._kind = kind
-        self._scanner = _ObjectScanner(text)
-        self._buf = ""
+        self._scanner = _ObjectScanner()
+        self._buf = text
+        self._no_stream = False
         self._streaming = None
         self._sent = 0
-        self._args_key = None
         self._state = _CALL
 
     def _step_call(self, out: list[dict[str, Any]]) -> bool:
         sc = self._scanner
         assert sc is not None
-        if self._buf:
-            sc.text += self._buf
-            self._buf = ""
-        text = sc.text
+        buf = self._buf
         close = self._after_kind == "hermes"
         while True:
             tag = -1
             if close:
-                tag = text.find(_HERMES_CLOSE, sc.pos)
-                limit = tag if tag >= 0 else len(text) - _partial_suffix(text, _HERMES_CLOSE)
+                tag = buf.find(_HERMES_CLOSE)
+                limit = tag if tag >= 0 else len(buf) - _partial_suffix(buf, _HERMES_CLOSE)
             else:
-                limit = len(text)
-            sc.scan(limit)
-            if self._stream:
+                limit = len(buf)
+            used = sc.feed(buf[:limit]) if limit > 0 else 0
+            buf = buf[used:]
+            if self._stream and not self._no_stream:
                 self._stream_progress(out, sc)
             if sc.end >= 0:
+                self._buf = buf
                 self._end_call(out, sc)
                 return True
-            if tag >= 0 and sc.pos == tag:
-                if sc.in_str:  # the closing tag is inside a JSON string: part of the value
-                    sc.scan(tag + len(_HERMES_CLOSE))
-                    continue
-                # the closing tag came before the object was complete
-                if self._streaming is not None:
-                    self._end_streamed_call()
-                    self._buf = text[tag:]
-                    self._scanner = None
-                    self._state = _AFTER
-                else:
-                    self._scanner = None
-                    self._text(out, self._raw + text[:tag])
-                    self._raw = ""
-                    self._buf = text[tag:]
-                    self._state = _TEXT
-                    self._open_kind = self._after_kind = self.format
-                return True
-            if tag >= 0 and sc.pos > tag:
-                continue  # an escape pair swallowed the tag's first character: look for the next one
-            return False
+            if tag < 0:
+                self._buf = buf
+                return False
+            # buf starts with the closing tag
+            if sc.in_str:  # the tag is inside a JSON string: part of the value
+                sc.feed(buf[: len(_HERMES_CLOSE)])
+                buf = buf[len(_HERMES_CLOSE):]
+                continue
+            # the closing tag came before the object was complete
+            self._scanner = None
+            self._buf = buf
+            if self._streaming is not None:
+                self._end_streamed_call()
+                self._state = _AFTER
+            else:
+                self._text(out, self._raw + sc.text())
+                self._raw = ""
+                self._state = _TEXT
+                self._open_kind = self._after_kind = self.format
+            return True
 
     def _stream_progress(self, out: list[dict[str, Any]], sc: _ObjectScanner) -> None:
         """stream_arguments: send the head once the name and the start of the arguments object are known,
@@ -698,36 +739,36 @@ class ToolCallParser:
             if self._kind == _ARGS_ONLY:
                 start = 0
             else:
-                if sc.key in _ARG_KEYS and sc.val_start >= 0:
-                    key, start = sc.key, sc.val_start
-                else:
-                    key = next((k for k in _ARG_KEYS if k in sc.spans), None)
-                    if key is None:
-                        return
-                    start = sc.spans[key][0]
+                start = sc.args_start
+                if start < 0:
+                    return
+                # decided once, on facts that never change (the first arguments value's start, the name
+                # before it), so the outcome does not depend on the chunking: stream now or never
+                self._no_stream = True
                 span = sc.spans.get("name")
-                if span is None or span[1] > start or sc.text[start] != "{":
+                if span is None or span[1] > start or sc.get(start, start + 1) != "{":
                     return
                 try:
-                    name = orjson.loads(sc.text[span[0]:span[1]])
+                    name = orjson.loads(sc.get(span[0], span[1]))
                 except orjson.JSONDecodeError:
                     return
                 if not isinstance(name, str) or not name:
                     return
+                self._no_stream = False
                 self._pending_name = name
-                self._args_key = key
             call = self._new_call(out, self._pending_name)
             if call is None:
+                self._no_stream = True
                 return
             self._streaming = call
             self._sent = self._args_start = start
         if self._kind == _ARGS_ONLY:
-            end = sc.end if sc.end >= 0 else sc.pos
+            end = sc.end if sc.end >= 0 else sc.size
         else:
-            span = sc.spans.get(self._args_key or "")
-            end = span[1] if span is not None and span[0] == self._args_start else sc.pos
+            span = sc.spans.get("args")
+            end = span[1] if span is not None and span[0] == self._args_start else sc.size
         if end > self._sent:
-            self._args(out, call, sc.text[self._sent:end])
+            self._args(out, call, sc.get(self._sent, end))
             self._sent = end
 
     def _end_streamed_call(self) -> None:
@@ -746,15 +787,12 @@ class ToolCallParser:
         self._streaming = None
 
     def _end_call(self, out: list[dict[str, Any]], sc: _ObjectScanner) -> None:
-        end = sc.end
-        text = sc.text
-        self._buf = text[end:] + self._buf
-        obj_text = text[:end]
+        obj_text = sc.text()
         self._scanner = None
         if self._streaming is not None:
             self._end_streamed_call()
             self._raw = ""
-            self._state = _AFTER
+            self._state = _ARRAY_NEXT if self._after_kind == "array" else _AFTER
             return
         decoded = self._decode(sc, obj_text)
         if decoded is None:
@@ -771,7 +809,7 @@ class ToolCallParser:
         if call is not None:
             self._args(out, call, arguments)
         self._raw = ""
-        self._state = _AFTER
+        self._state = _ARRAY_NEXT if self._after_kind == "array" else _AFTER
 
     def _decode(self, sc: _ObjectScanner, text: str) -> tuple[str, str] | None:
         try:
@@ -783,7 +821,7 @@ class ToolCallParser:
         if self._kind == _ARGS_ONLY:
             return (self._pending_name, text) if self._pending_name else None
         name = obj.get("name")
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str) or not name or sc.dup:
             return None
         key = next((k for k in _ARG_KEYS if k in obj), None)
         if key is None:
@@ -792,7 +830,7 @@ class ToolCallParser:
             return name, "{}"
         value = obj[key]
         if isinstance(value, dict):
-            span = sc.spans.get(key)
+            span = sc.spans.get("args")
             if span is None:
                 return None
             return name, text[span[0]:span[1]]
@@ -836,6 +874,42 @@ def merge_deltas(pieces: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     if calls:
         delta["tool_calls"] = calls
     return delta
+
+
+def group_deltas(pieces: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Pack delta pieces into as few deltas as keep OpenAI's streaming shape, in order.
+
+    Text pieces are concatenated; a call's head (``id``, ``type``, ``name``, ``arguments: ""``) goes out in
+    a delta of its own fragment, never merged with its arguments, and consecutive argument pieces of one
+    call are joined.  A new delta starts when text follows a tool-call fragment or when a fragment cannot
+    join the previous one.
+    """
+    deltas: list[dict[str, Any]] = []
+    cur: dict[str, Any] = {}
+    for piece in pieces:
+        frags = piece.get("tool_calls")
+        if frags is None:
+            if "tool_calls" in cur:
+                deltas.append(cur)
+                cur = {}
+            for key, value in piece.items():
+                if value:
+                    cur[key] = cur.get(key, "") + value
+            continue
+        for frag in frags:
+            calls = cur.get("tool_calls")
+            if calls is None:
+                cur["tool_calls"] = [{**frag, "function": dict(frag["function"])}]
+                continue
+            last = calls[-1]
+            if "id" not in frag and "id" not in last and last["index"] == frag["index"]:
+                last["function"]["arguments"] += frag["function"].get("arguments", "")
+                continue
+            deltas.append(cur)
+            cur = {"tool_calls": [{**frag, "function": dict(frag["function"])}]}
+    if cur:
+        deltas.append(cur)
+    return deltas
 
 
 # -- request side: tools and tool_choice ---------------------------------------------------------------------
@@ -983,20 +1057,25 @@ def tool_choice_json_schema(tools: Sequence[Mapping[str, Any]], choice: ToolChoi
 class OutputParser:
     """Everything the router does to one choice's generated text: reasoning separation, then tool calls.
 
-    Streaming (one instance per choice)::
+    It is the router's *output processor* (``App.output_processor_factory`` in :mod:`radixrouter.app`):
+    ``feed(text_delta)`` and ``finish()`` return a list of OpenAI deltas (``{"reasoning_content"?,
+    "content"?, "tool_calls"?}``, packed by :func:`group_deltas`: usually zero or one per worker event; a
+    call's head and its arguments are separate deltas, as OpenAI streams them); ``finish_reason`` is
+    ``"tool_calls"`` once a call was made, else ``None`` (keep the worker's).  One instance per choice::
 
         parser = OutputParser(tool_format="hermes", reasoning_format="qwen3",
                               in_reasoning=prompt_in_reasoning(prompt_text, "qwen3"))
         for text_delta in worker_deltas:
-            delta = parser.feed(text_delta)      # {} or a dict with "reasoning_content", "content", "tool_calls"
-            if delta: send_chunk(delta)
-        delta = parser.finish()
-        if delta: send_chunk(delta)
-        finish_reason = "tool_calls" if parser.has_tool_calls and finish_reason == "stop" else finish_reason
+            for delta in parser.feed(text_delta):
+                send_chunk(delta)
+        for delta in parser.finish():
+            send_chunk(delta)
+        finish_reason = parser.finish_reason or worker_finish_reason
 
     Non-streaming: ``OutputParser(...).parse(text)`` -> ``{"content", "reasoning_content"?, "tool_calls"?}``.
     ``tool_format=None`` (or tool_choice ``none``) disables tool parsing; ``reasoning_format=None`` disables
-    reasoning separation; with both off, text passes through untouched.
+    reasoning separation; with both off, text passes through untouched.  ``constrained=True`` with tool_choice
+    ``required`` / a named function parses output generated under :func:`tool_choice_json_schema`.
     """
 
     def __init__(
@@ -1010,7 +1089,8 @@ class OutputParser:
         parallel_tool_calls: bool = True,
         constrained: bool = False,
     ) -> None:
-        self.reasoning = ReasoningParser(reasoning_format, in_reasoning=in_reasoning) if reasoning_format else None
+        self.reasoning = (ReasoningParser(reasoning_format, in_reasoning=in_reasoning)
+                          if reasoning_format else None)
         self.tools: ToolCallParser | None = None
         if constrained and tool_choice is not None and tool_choice.mode in ("required", "function"):
             self.tools = ToolCallParser.for_tool_choice(tool_choice, fmt=tool_format or "hermes",
@@ -1024,13 +1104,18 @@ class OutputParser:
         return self.tools is not None and self.tools.has_tool_calls
 
     @property
+    def finish_reason(self) -> str | None:
+        """``"tool_calls"`` when the output made a call; ``None`` means "keep the worker's finish reason"."""
+        return "tool_calls" if self.has_tool_calls else None
+
+    @property
     def tool_calls(self) -> list[dict[str, Any]]:
         return self.tools.tool_calls if self.tools is not None else []
 
-    def _route(self, pieces: list[dict[str, str]], final: bool) -> dict[str, Any]:
+    def _route(self, pieces: list[dict[str, str]], final: bool) -> list[dict[str, Any]]:
         tools = self.tools
         if tools is None:
-            out: list[Mapping[str, Any]] = pieces
+            out: list[Mapping[str, Any]] = list(pieces)
         else:
             out = []
             for piece in pieces:
@@ -1041,16 +1126,20 @@ class OutputParser:
                     out.extend(tools.feed(text))
             if final:
                 out.extend(tools.finish())
-        return merge_deltas(out)
+        if not out:
+            return []
+        if len(out) == 1 and "tool_calls" not in out[0]:
+            return [dict(out[0])]  # the common case: one text piece
+        return group_deltas(out)
 
-    def feed(self, delta: str) -> dict[str, Any]:
+    def feed(self, delta: str) -> list[dict[str, Any]]:
         if not delta:
-            return {}
+            return []
         if self.reasoning is not None:
             return self._route(self.reasoning.feed(delta), False)
         return self._route([{"content": delta}], False)
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> list[dict[str, Any]]:
         pieces = self.reasoning.finish() if self.reasoning is not None else []
         return self._route(pieces, True)
 
@@ -1060,7 +1149,7 @@ class OutputParser:
         ``content`` is ``None`` when empty and tool calls were made (as OpenAI does), ``""`` when empty
         otherwise; ``reasoning_content`` and ``tool_calls`` are present only when non-empty.
         """
-        merged = merge_deltas([self.feed(text), self.finish()])
+        merged = merge_deltas(self.feed(text) + self.finish())
         message: dict[str, Any] = {}
         content = merged.get("content", "")
         calls = self.tool_calls
@@ -1070,3 +1159,47 @@ class OutputParser:
         if calls:
             message["tool_calls"] = calls
         return message
+
+
+def make_output_processor_factory(
+    tool_format: str | None,
+    reasoning_format: str | None,
+    *,
+    stream_arguments: bool = False,
+    constrained: bool = False,
+) -> Callable[[Any, str], OutputParser | None] | None:
+    """The router's ``output_processor_factory`` for ``--tool-call-parser`` / ``--reasoning-parser``.
+
+    ``None`` when both are off.  Per request, the factory reads the parsed chat request: ``tools`` (tool
+    parsing only when the request has tools; the router drops them for tool_choice ``none``), and, when
+    present, ``tool_choice`` (raw or :class:`ToolChoice`) and ``parallel_tool_calls``; the rendered prompt
+    tells whether the output starts inside a reasoning block (:func:`prompt_in_reasoning`).
+    ``constrained=True``: the router sends :func:`tool_choice_json_schema` to the worker for tool_choice
+    ``required`` / a named function, so those outputs are parsed as constrained JSON.
+    """
+    tool_fmt = normalize_tool_format(tool_format) if tool_format else None
+    reasoning_fmt = normalize_reasoning_format(reasoning_format) if reasoning_format else None
+    if tool_fmt is None and reasoning_fmt is None:
+        return None
+
+    def factory(request: Any, prompt_text: str) -> OutputParser | None:
+        tools = getattr(request, "tools", None) if tool_fmt else None
+        choice = getattr(request, "tool_choice", None)
+        if choice is not None and not isinstance(choice, ToolChoice):
+            choice = validate_tool_choice(choice, tools)
+        parallel = getattr(request, "parallel_tool_calls", None)
+        in_reasoning = prompt_in_reasoning(prompt_text, reasoning_fmt) if reasoning_fmt else None
+        use_tools = bool(tools) and (choice is None or choice.parse_output)
+        if not use_tools and (reasoning_fmt is None or in_reasoning is False):
+            return None
+        return OutputParser(
+            tool_format=tool_fmt if use_tools else None,
+            reasoning_format=reasoning_fmt if in_reasoning is not False else None,
+            in_reasoning=in_reasoning,
+            tool_choice=choice,
+            stream_arguments=stream_arguments,
+            parallel_tool_calls=parallel is not False,
+            constrained=constrained and use_tools,
+        )
+
+    return factory

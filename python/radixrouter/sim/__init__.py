@@ -56,8 +56,8 @@ SGLang endpoints
 
 KV and timing model
 -------------------
-A token-level radix tree of `--kv-cache-tokens` tokens (LRU eviction of unlocked leaves; running sequences'
-paths are locked). When a sequence is admitted, `cached_tokens` = the longest cached prefix of its prompt
+A token-level radix tree of `--kv-cache-tokens` tokens (when over capacity, LRU eviction of unlocked
+leaves down to 90% of it; running sequences' paths are locked). When a sequence is admitted, `cached_tokens` = the longest cached prefix of its prompt
 (a repeated prompt gets its full length) and the prompt is inserted; when it finishes (or is aborted) the
 prompt plus the generated ids are inserted. Time to first token = queueing (FIFO, at most `--max-running`
 sequences run) + stall fault + uncached prompt tokens / `--prefill-tokens-per-s`; then each token takes

@@ -202,12 +202,19 @@ class SimApp:
                 eng.stats["disconnects"] += 1
                 req.abort("client disconnected")
 
-        watch = asyncio.ensure_future(proto.client_disconnect())
-        watch.add_done_callback(on_disconnect)
+        watch: list[asyncio.Future] = []
+
+        def start_watch() -> None:
+            fut = asyncio.ensure_future(proto.client_disconnect())
+            fut.add_done_callback(on_disconnect)
+            watch.append(fut)
+
+        req.on_wait = start_watch
         try:
             await eng.run(req, seqs, want_lp=want_lp, interval=interval, progress=emit)
         finally:
-            watch.cancel()
+            for fut in watch:
+                fut.cancel()
 
     # ------------------------------------------------------------------ /generate
     async def generate(self, scope: Any, proto: Any) -> None:

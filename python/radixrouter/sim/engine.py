@@ -211,7 +211,18 @@ class Fault:
 class Request:
     """One HTTP generation request: its sequences, abort state and the future it sleeps on."""
 
-    __slots__ = ("rid", "aborted", "wake_fut", "start", "has_slots", "slots", "fault", "seqs", "lp_start")
+    __slots__ = (
+        "rid",
+        "aborted",
+        "wake_fut",
+        "start",
+        "has_slots",
+        "slots",
+        "fault",
+        "seqs",
+        "lp_start",
+        "on_wait",
+    )
 
     def __init__(self, rid: str, fault: Fault | None) -> None:
         self.rid = rid
@@ -223,6 +234,15 @@ class Request:
         self.fault = fault
         self.seqs: list[Seq] = []
         self.lp_start = -1  # logprob_start_len
+        self.on_wait: Callable[[], None] | None = None  # called once, before the first wait
+
+    def arm(self) -> None:
+        """About to wait: let the HTTP layer start watching for a client disconnect (only now: a request
+        that never waits needs no watcher, which keeps the instant mode cheap)."""
+        hook = self.on_wait
+        if hook is not None:
+            self.on_wait = None
+            hook()
 
     def abort(self, message: str) -> None:
         if self.aborted is None:
@@ -414,7 +434,7 @@ class Engine:
         if len(seq.out) >= seq.natural_len and seq.eos_ids:
             return self.tok.eos_id
         rng = seq.rng
-        if len(seq.out) > 3 and rng.random() < 0.08:
+        if len(seq.out) > 3 and seq.out[-1] != self.tok.period[-1] and rng.random() < 0.08:
             word = self.tok.period
         else:
             words = self.tok.words
@@ -440,9 +460,8 @@ class Engine:
                 seq.logprobs.append([_logprob(t, len(seq.out)), t, None])
             if t in seq.stop_ids and len(seq.out) > sp.min_new_tokens - 1:
                 seq.finish = {"type": "stop", "matched": t}
-                if sp.no_stop_trim or not sp.skip_special_tokens:
-                    if not (sp.skip_special_tokens and tok.is_special(t)):
-                        seq.text += tok.piece(t)
+                if sp.no_stop_trim and not (sp.skip_special_tokens and tok.is_special(t)):
+                    seq.text += tok.piece(t)  # kept only with no_stop_trim (and visible)
                 break
             if sp.skip_special_tokens and tok.is_special(t):
                 piece = ""
@@ -469,6 +488,7 @@ class Engine:
         """Sleep that an abort (or disconnect) wakes at once."""
         if dt <= 0 or req.aborted is not None:
             return
+        req.arm()
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         handle = loop.call_later(dt, _wake, fut)
@@ -486,6 +506,7 @@ class Engine:
             req.has_slots, req.slots = True, k
             return
         req.slots = k
+        req.arm()
         self.waiting.append(req)
         loop = asyncio.get_running_loop()
         while not req.has_slots and req.aborted is None:
@@ -553,12 +574,20 @@ class Engine:
             else:  # non-streaming: about 20 ms of decoding per step, so an abort is noticed quickly
                 step = max(1, int(cfg.decode_tokens_per_s * 0.02)) if cfg.decode_tokens_per_s > 0 else 64
             first = True
+            loop = asyncio.get_running_loop()
+            due = loop.time()
             while req.aborted is None:
                 active = [s for s in seqs if s.finish is None]
                 if not active:
                     break
                 if not first:
-                    await self._sleep(req, self.decode_interval() * step)
+                    # tokens are due on a fixed schedule (like a GPU step), so the time spent sending
+                    # does not add up; a worker that fell behind catches up by at most one step
+                    dt = self.decode_interval() * step
+                    if dt > 0:
+                        now = loop.time()
+                        due = max(due + dt, now - dt)
+                        await self._sleep(req, due - now)
                     if req.aborted is not None:
                         break
                 k = 1 if first else step  # first token right after prefill (TTFT)

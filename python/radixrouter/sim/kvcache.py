@@ -1,8 +1,8 @@
 """The simulated worker's KV prefix cache: a token-level radix tree with LRU eviction under a token budget.
 
 Modelled on SGLang's RadixCache: edges are runs of token ids, a partial match splits a node, the paths of
-running sequences are locked (never evicted), and eviction removes least recently used unlocked leaves
-until the tree holds at most `capacity` tokens (locked paths may keep it above that).
+running sequences are locked (never evicted), and once the tree holds more than `capacity` tokens, eviction
+removes least recently used unlocked leaves down to 90% of it (locked paths may keep it above).
 """
 
 from __future__ import annotations
@@ -106,9 +106,11 @@ class RadixKV:
             node = node.parent  # type: ignore[assignment]
 
     def evict(self) -> int:
-        """Evict LRU unlocked leaves until size <= capacity. Returns tokens evicted."""
+        """When over capacity, evict LRU unlocked leaves down to 90% of it (finding the leaves walks the
+        tree, so this low-water mark spreads that walk over many inserts). Returns tokens evicted."""
         if self.size <= self.capacity:
             return 0
+        low = self.capacity - self.capacity // 10
         heap: list[tuple[int, int, _Node]] = []
         stack = [self.root]
         while stack:
@@ -119,7 +121,7 @@ class RadixKV:
                 heap.append((node.last, id(node), node))
         heapq.heapify(heap)
         freed = 0
-        while self.size > self.capacity and heap:
+        while self.size > low and heap:
             _, _, node = heapq.heappop(heap)
             parent = node.parent
             assert parent is not None

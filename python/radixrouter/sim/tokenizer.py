@@ -67,6 +67,11 @@ class SimTokenizer:
         self._special_ids: dict[str, int] = {t: 256 + i for i, t in enumerate(_FALLBACK_SPECIALS)}
         self._special_re = re.compile("|".join(re.escape(t) for t in _FALLBACK_SPECIALS))
         self._special_set = set(self._special_ids.values())
+        self._split_re: re.Pattern[str] | None = None
+        self._added_ids: dict[str, int] = {}
+        self._piece_cache: dict[str, list[int]] = {}
+        self._template_name: str | None = None
+        self._template_src: str | None = None
         self.vocab_size = 256 + len(_FALLBACK_SPECIALS)
         self.eos_id = self._special_ids["<|im_end|>"]
         self.stop_ids = {self.eos_id, self._special_ids["<|endoftext|>"]}
@@ -124,7 +129,13 @@ class SimTokenizer:
             for entry in config["chat_template"]:
                 if entry.get("name") == "default":
                     self.chat_template = entry["template"]
-        added = {t.content: i for i, t in self._hf.get_added_tokens_decoder().items() if t.special}
+        decoder = self._hf.get_added_tokens_decoder()
+        added = {t.content: i for i, t in decoder.items() if t.special}
+        # piece-wise encoding is exact only when added tokens do not absorb neighbouring whitespace
+        if decoder and all(not (t.lstrip or t.rstrip or t.single_word) for t in decoder.values()):
+            self._added_ids = {t.content: i for i, t in decoder.items()}
+            contents = sorted(self._added_ids, key=len, reverse=True)
+            self._split_re = re.compile("|".join(re.escape(c) for c in contents))
         self._special_ids = added
         self._special_set = set(added.values())
         eos = self.special.get("eos_token")
@@ -159,9 +170,33 @@ class SimTokenizer:
 
     # ---------------------------------------------------------------- encode / decode
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, no BOS added, special tokens in the text recognized."""
-        if self._hf is not None:
-            return self._hf.encode(text, add_special_tokens=False).ids
+        """Token ids of `text`, no BOS added, special tokens in the text recognized.
+
+        HF tokenizers split the text at added tokens before normalizing and pre-tokenizing, so the pieces
+        between added tokens are tokenized independently; long texts are encoded piece by piece through a
+        bounded cache (multi-turn chat prompts repeat their history), with the same result as one call."""
+        hf = self._hf
+        if hf is not None:
+            if self._split_re is None or len(text) < 512:
+                return hf.encode(text, add_special_tokens=False).ids
+            cache = self._piece_cache
+            out: list[int] = []
+            pos = 0
+            for m in [*self._split_re.finditer(text), None]:
+                end = m.start() if m is not None else len(text)
+                if end > pos:
+                    seg = text[pos:end]
+                    ids = cache.get(seg)
+                    if ids is None:
+                        ids = hf.encode(seg, add_special_tokens=False).ids
+                        if len(cache) >= 20000:
+                            del cache[next(iter(cache))]
+                        cache[seg] = ids
+                    out.extend(ids)
+                if m is not None:
+                    out.append(self._added_ids[m.group()])
+                    pos = m.end()
+            return out
         out: list[int] = []
         pos = 0
         for m in self._special_re.finditer(text):
@@ -231,10 +266,17 @@ class SimTokenizer:
         **kwargs: object,
     ) -> str:
         env = _template_env()
+        name = self._template_name
+        if name is None or self._template_src is not self.chat_template:
+            # compile once per template (render_str would compile on every call)
+            name = self._template_name = f"chat-{id(self)}-{len(_TEMPLATES)}"
+            env.add_template(name, self.chat_template)
+            _TEMPLATES.add(name)
+            self._template_src = self.chat_template
         ctx = {k: v for k, v in self.special.items() if v is not None}
         ctx.update(kwargs)
-        return env.render_str(
-            self.chat_template,
+        return env.render_template(
+            name,
             messages=messages,
             tools=tools,
             add_generation_prompt=add_generation_prompt,
@@ -243,6 +285,7 @@ class SimTokenizer:
 
 
 _ENV = None
+_TEMPLATES: set[str] = set()
 
 
 def _template_env():
