@@ -351,3 +351,23 @@ def test_long_texts_run_detached_from_python() -> None:
         stop.set()
         t.join(timeout=30)
     assert ticks and set(ticks) == {0}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
+def test_clear_returns_memory_to_the_system() -> None:
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    body = " ".join(f"w{i % 997}" for i in range(4_000))
+    ends = array.array("I", [i + 1 for i in range(len(body))][4::5])
+    ids = array.array("I", range(len(ends)))
+    c = PrefixCache()
+    before = rss()
+    for i in range(300):  # ~250,000 tokens, ~20 MB
+        text = f"{i:06d}" + body
+        c.insert(text, ids, array.array("I", [e + 6 for e in ends]), logprobs=[0.0] * len(ids))
+    grown = rss() - before
+    assert grown > 5_000_000
+    c.clear()
+    assert rss() - before < grown / 2

@@ -28,7 +28,7 @@ mod tree;
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use text::{
@@ -327,7 +327,23 @@ pub struct PrefixCache {
     matched_tokens: AtomicU64,
     looked_up_chars: AtomicU64,
     matched_chars: AtomicU64,
+    freed_since_trim: AtomicUsize,
 }
+
+/// Evictions free memory to the allocator at once; past this many bytes freed, the allocator
+/// is also asked to return free pages to the system (glibc keeps them otherwise).
+const TRIM_AFTER_BYTES: usize = 32 << 20;
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
 
 impl PrefixCache {
     pub fn new(max_tokens: u64) -> Self {
@@ -339,6 +355,7 @@ impl PrefixCache {
             matched_tokens: AtomicU64::new(0),
             looked_up_chars: AtomicU64::new(0),
             matched_chars: AtomicU64::new(0),
+            freed_since_trim: AtomicUsize::new(0),
         }
     }
 
@@ -375,8 +392,20 @@ impl PrefixCache {
         tree.insert(text, &tokens, wk, tick);
         if tree.charged > tree.max_tokens {
             tree.evict();
+            self.note_freed(tree);
         }
         Ok(())
+    }
+
+    /// After large evictions, hand free heap pages back to the system (outside the lock).
+    fn note_freed(&self, mut tree: RwLockWriteGuard<'_, Tree>) {
+        let freed = tree.take_freed();
+        drop(tree);
+        let total = self.freed_since_trim.fetch_add(freed, Relaxed) + freed;
+        if total >= TRIM_AFTER_BYTES {
+            self.freed_since_trim.store(0, Relaxed);
+            release_free_memory();
+        }
     }
 
     /// The longest cached prefix of `text` (refreshes the LRU clock of the matched path).
@@ -416,6 +445,7 @@ impl PrefixCache {
         let released = tree.unpin(pin);
         if tree.charged > tree.max_tokens {
             tree.evict();
+            self.note_freed(tree);
         }
         released
     }
@@ -428,12 +458,15 @@ impl PrefixCache {
     /// Drop every entry, pin and worker (counters are kept).
     pub fn clear(&self) {
         let mut tree = self.write();
-        let fresh = Tree::new(tree.max_tokens);
-        let (evictions, next_pin) = (tree.evictions, tree.next_pin);
-        *tree = fresh;
+        let mut fresh = Tree::new(tree.max_tokens);
         // Pin ids stay unique across a clear, so a stale handle can never release a new pin.
-        tree.evictions = evictions;
-        tree.next_pin = next_pin;
+        fresh.evictions = tree.evictions;
+        fresh.next_pin = tree.next_pin;
+        let old = std::mem::replace(&mut *tree, fresh);
+        drop(tree);
+        drop(old);
+        self.freed_since_trim.store(0, Relaxed);
+        release_free_memory();
     }
 
     pub fn stats(&self) -> Stats {

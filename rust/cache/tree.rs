@@ -110,6 +110,8 @@ pub(super) struct Tree {
     pub tokens: u64,
     pub live: usize,
     pub evictions: u64,
+    /// Heap bytes freed by evictions since the last `take_freed`.
+    freed: usize,
     worker_names: Vec<Option<Arc<str>>>,
     worker_index: HashMap<Arc<str>, u32>,
     free_workers: Vec<u32>,
@@ -132,6 +134,7 @@ impl Tree {
             tokens: 0,
             live: 0,
             evictions: 0,
+            freed: 0,
             worker_names: Vec::new(),
             worker_index: HashMap::new(),
             free_workers: Vec::new(),
@@ -462,6 +465,7 @@ impl Tree {
 
     fn remove_leaf(&mut self, x: u32) {
         let n = std::mem::take(&mut self.nodes[x as usize]);
+        self.freed += n.heap_bytes();
         self.charged -= n.weight();
         self.tokens -= n.ids.len() as u64;
         self.free.push(x);
@@ -542,6 +546,11 @@ impl Tree {
             }
             None => false,
         }
+    }
+
+    /// Bytes freed by evictions since the last call.
+    pub fn take_freed(&mut self) -> usize {
+        std::mem::take(&mut self.freed)
     }
 
     pub fn pin_count(&self) -> usize {
