@@ -181,6 +181,9 @@ def test_text_mode_affinity_and_remove_worker() -> None:
     m = c.match("system: be brief. user: hi there")
     assert (m.token_ids, m.length) == ([], 0)
     assert m.workers == {"w1": 26, "w2": 24}
+    assert m.worker_ages == {"w1": 2, "w2": 1}  # operations since each worker's insert
+    c.insert("system: be brief. user: hi", worker="w1")
+    assert c.match("system: be brief. user: hi").worker_ages == {"w1": 1, "w2": 3}
     c.remove_worker("w1")
     c.remove_worker("unknown")
     assert c.match("system: be brief. user: hi there").workers == {"w2": 24}

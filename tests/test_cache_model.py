@@ -98,20 +98,23 @@ class ModelCache:
         return segs, reach
 
     def match(self, q: str) -> dict:
-        segs, reach = self._walk(q, self._tick())
+        tick = self._tick()
+        segs, reach = self._walk(q, tick)
         ids: list[int] = []
         lps: list[float] = []
         mask: list[int] = []
         length = 0
         workers: dict[str, int] = {}
+        ages: dict[str, int] = {}
         for node, k, r in segs:
             ids += node.ids[:k]
             lps += node.lps[:k] if node.lps is not None else [0.0] * k
             mask += node.mask[:k] if node.mask is not None else [0] * k
             if k:
                 length = node.ends[k - 1]
-            for w in node.workers:
+            for w, t in node.workers.items():
                 workers[w] = r
+                ages[w] = tick - t
         unmatched = len(q) - length
         est = -(-unmatched * len(ids) // length) if ids and length else -(-unmatched // 4)
         self.lookups += 1
@@ -124,6 +127,7 @@ class ModelCache:
             "logprobs": lps,
             "loss_mask": mask,
             "workers": workers,
+            "worker_ages": ages,
         }
 
     def _split(self, x: Node, n: int) -> Node:
@@ -350,6 +354,7 @@ class CacheMachine(RuleBasedStateMachine):
             "logprobs": m.logprobs,
             "loss_mask": m.loss_mask,
             "workers": m.workers,
+            "worker_ages": m.worker_ages,
         }
         assert got == want
         # Independent of the model: the ids are whole tokens spelling exactly text[:length].

@@ -150,6 +150,10 @@ class PrefixMatch:
     @property
     def workers(self) -> dict[str, int]:
         """Worker -> matched characters up to that worker's deepest node on the path."""
+    @property
+    def worker_ages(self) -> dict[str, int]:
+        """Worker -> cache operations (inserts, matches, pins) since it last inserted through its
+        deepest node on the path: smaller is more recent (1: the operation just before this match)."""
     def ids_json(self) -> bytes:
         """The ids as a JSON array, e.g. ``b"[1,2,3]"``."""
     def ids_bytes(self) -> bytes:

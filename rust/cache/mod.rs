@@ -107,6 +107,9 @@ pub struct Match {
     pub matched_chars: usize,
     /// (worker, matched characters up to the worker's deepest node on the path).
     pub workers: Vec<(Arc<str>, usize)>,
+    /// For each entry of `workers`: cache operations since that worker's last insert through
+    /// its deepest node on the path (0: the lookup itself came right after it).
+    pub worker_ages: Vec<u64>,
     segments: Vec<Segment>,
     token_count: usize,
 }

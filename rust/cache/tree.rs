@@ -239,27 +239,30 @@ impl Tree {
                 length = n.ends[s.ntokens - 1];
             }
         }
-        // Each worker's deepest node on the path decides how much of the text it holds.
-        let mut held: Vec<(u32, u32)> = Vec::new();
+        // Each worker's deepest node on the path decides how much of the text it holds, and
+        // how long ago (in cache operations) the worker last inserted through that node.
+        let mut held: Vec<(u32, u32, u64)> = Vec::new();
         for s in &w.segs {
-            for &(wk, _) in &self.node(s.node).workers {
+            for &(wk, t) in &self.node(s.node).workers {
                 match held.iter_mut().find(|e| e.0 == wk) {
-                    Some(e) => e.1 = s.reach,
-                    None => held.push((wk, s.reach)),
+                    Some(e) => *e = (wk, s.reach, t),
+                    None => held.push((wk, s.reach, t)),
                 }
             }
         }
-        let workers = held
-            .into_iter()
-            .filter_map(|(wk, reach)| {
-                let name = self.worker_names.get(wk as usize)?.as_ref()?;
-                Some((Arc::clone(name), reach as usize))
-            })
-            .collect();
+        let mut workers = Vec::with_capacity(held.len());
+        let mut worker_ages = Vec::with_capacity(held.len());
+        for (wk, reach, t) in held {
+            if let Some(Some(name)) = self.worker_names.get(wk as usize) {
+                workers.push((Arc::clone(name), reach as usize));
+                worker_ages.push(tick.saturating_sub(t));
+            }
+        }
         let m = Match {
             length: length as usize,
             matched_chars: w.matched_chars as usize,
             workers,
+            worker_ages,
             segments,
             token_count,
         };

@@ -361,6 +361,15 @@ impl PyPrefixMatch {
         Ok(d)
     }
 
+    #[getter]
+    fn worker_ages<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for ((w, _), age) in self.m.workers.iter().zip(&self.m.worker_ages) {
+            d.set_item(&**w, *age)?;
+        }
+        Ok(d)
+    }
+
     /// The ids as a JSON array, e.g. ``b"[1,2,3]"``.
     fn ids_json<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let parts = self.m.json_parts();
