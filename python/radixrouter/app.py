@@ -232,13 +232,19 @@ def _merge_deltas(deltas: list[dict], message: dict) -> None:
 
 
 class ChatFrames:
-    __slots__ = ("head", "tail", "usage_head")
+    __slots__ = ("head", "tail", "usage_head", "c_pre", "c_post")
 
     def __init__(self, cid: str, created: int, model: str, include_usage: bool):
         self.head = b'{"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,"choices":[' % (
             cid.encode(), created, _dumps(model))
         self.tail = b'],"usage":null}' if include_usage else b"]}"
         self.usage_head = self.head + b'],"usage":'
+        # the common frame (choice 0, a content delta, no logprobs) in two precomputed halves
+        self.c_pre = self.head + b'{"index":0,"delta":{"content":'
+        self.c_post = b'},"logprobs":null,"finish_reason":null}' + self.tail
+
+    def content(self, text: str) -> bytes:
+        return encode_event(self.c_pre + _dumps(text) + self.c_post)
 
     def frame(self, index: int, delta: bytes, finish: bytes = _NULL, logprobs: bytes = _NULL) -> bytes:
         return encode_event(
@@ -966,12 +972,13 @@ class App:
                         if delta:
                             for d in ch.proc.feed(delta):
                                 out.append(frames.frame(0, _dumps(d)))
-                    elif delta or (p.logprobs and len(ch.lps) > ch.lp_sent):
-                        lp = _NULL
-                        if p.logprobs:
+                    elif p.logprobs:
+                        if delta or len(ch.lps) > ch.lp_sent:
                             lp = _dumps({"content": chat_logprobs(ch.logprob_meta(), ch.lp_sent, p.top_logprobs)})
                             ch.lp_sent = len(ch.lps)
-                        out.append(frames.frame(0, b'{"content":%s}' % _dumps(delta), _NULL, lp))
+                            out.append(frames.frame(0, b'{"content":%s}' % _dumps(delta), _NULL, lp))
+                    elif delta:
+                        out.append(frames.content(delta))
                     if ch.finish is not None:
                         done = True
                         break
