@@ -715,3 +715,18 @@ def test_worker_abort_becomes_an_error(slow_sim):
         r = result["r"]
         assert r.status_code >= 400 and "abort" in r.json()["error"]["message"]
         assert httpx.get(router.url + "/health").status_code == 200
+
+
+def test_reasoning_parser_flag(sims):
+    with RouterProcess(sims.urls[:1], reasoning_parser="qwen3") as router:
+        sims[0].fault(reply="<think>\nLet me think.\n</think>\n\nThe answer.", count=2)
+        r = post(router.url + "/v1/chat/completions", CHAT, key=None).json()
+        msg = r["choices"][0]["message"]
+        assert msg["reasoning_content"] == "Let me think." and msg["content"] == "The answer."
+        raw = post(router.url + "/v1/chat/completions", dict(CHAT, stream=True), key=None).content
+        chunks = check_stream_bytes(raw)
+        deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+        assert "".join(d.get("reasoning_content") or "" for d in deltas) == "Let me think."
+        assert "".join(d.get("content") or "" for d in deltas) == "The answer."
+    r = _serve("--tool-call-parser", "nope")
+    assert r.returncode == 2 and "nope" in r.stderr and r.stderr.strip().count("\n") == 0

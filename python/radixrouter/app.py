@@ -314,6 +314,11 @@ class App:
         self._json_starts: dict[str, dict] = {}
         # hook for reasoning / tool-call parsing of chat output (see the module docstring)
         self.output_processor_factory: Callable[[ChatRequest, str], Any] | None = None
+        if config.tool_call_parser or config.reasoning_parser:
+            from radixrouter.toolcalls import make_output_processor_factory
+
+            self.output_processor_factory = make_output_processor_factory(
+                config.tool_call_parser, config.reasoning_parser)
         self.routes: dict[str, tuple[str, Callable, str, int]] = {
             # path: (method, handler, metric route name, flags)   flags: 1 = auth, 2 = admin, 4 = generation
             "/v1/chat/completions": ("POST", self.chat_completions, "chat", 5),
