@@ -199,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not cfg.worker_urls:
         logging.getLogger("radixrouter").warning("no --worker-url given; add workers with POST /add_worker")
+    if cfg.workers > 1:
+        logging.getLogger("radixrouter").warning(
+            "--workers %d: each process keeps its own worker list, prefix cache and metrics; "
+            "/add_worker and /remove_worker reach only the process that answers them", cfg.workers)
     server = Server(
         "radixrouter.app:create_app",
         address=cfg.host,
