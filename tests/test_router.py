@@ -680,3 +680,53 @@ def test_first_token_timeout_retries_and_aborts(sims, path, body):
         s = sims[0].stats()
         assert len(s["abort_rids"]) == 1  # the stalled attempt was aborted on the worker
         assert s["pending_faults"] == []
+
+
+def test_worker_abort_becomes_an_error(slow_sim):
+    """A generation the worker aborts (finish_reason abort) is an error: an error frame mid-stream (no
+    [DONE]), an error status before the response started."""
+    with RouterProcess([slow_sim.url]) as router:
+        slow_sim.reset()
+        with httpx.Client(timeout=30) as c:
+            with c.stream("POST", router.url + "/v1/chat/completions",
+                          json=dict(CHAT, max_tokens=100, stream=True)) as r:
+                it = r.iter_raw()
+                first = next(it)
+                assert first.startswith(b"data: ")
+                slow_sim.post("/abort_request", {"abort_all": True})
+                rest = b"".join(it)
+        raw = first + rest
+        assert b"[DONE]" not in raw
+        last = json.loads([b for b in raw.decode().split("\n\n") if b][-1][len("data: "):])
+        assert "abort" in last["error"]["message"]
+
+        result: dict = {}
+
+        def call():
+            result["r"] = post(router.url + "/v1/chat/completions", dict(CHAT, max_tokens=100), key=None)
+
+        t = threading.Thread(target=call)
+        t.start()
+        deadline = time.monotonic() + 10
+        while slow_sim.stats()["running_requests"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        slow_sim.post("/abort_request", {"abort_all": True})
+        t.join(30)
+        r = result["r"]
+        assert r.status_code >= 400 and "abort" in r.json()["error"]["message"]
+        assert httpx.get(router.url + "/health").status_code == 200
+
+
+def test_reasoning_parser_flag(sims):
+    with RouterProcess(sims.urls[:1], reasoning_parser="qwen3") as router:
+        sims[0].fault(reply="<think>\nLet me think.\n</think>\n\nThe answer.", count=2)
+        r = post(router.url + "/v1/chat/completions", CHAT, key=None).json()
+        msg = r["choices"][0]["message"]
+        assert msg["reasoning_content"] == "Let me think." and msg["content"] == "The answer."
+        raw = post(router.url + "/v1/chat/completions", dict(CHAT, stream=True), key=None).content
+        chunks = check_stream_bytes(raw)
+        deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+        assert "".join(d.get("reasoning_content") or "" for d in deltas) == "Let me think."
+        assert "".join(d.get("content") or "" for d in deltas) == "The answer."
+    r = _serve("--tool-call-parser", "nope")
+    assert r.returncode == 2 and "nope" in r.stderr and r.stderr.strip().count("\n") == 0

@@ -211,3 +211,34 @@ def test_close_mid_body_closes_the_upstream_connection():
             await c.close()
 
     run(main())
+
+
+def test_large_body_with_flow_control_then_reuse():
+    big = bytes(range(256)) * (40 * 1024)  # 10 MiB: reading pauses past the buffer limit and resumes
+
+    async def handler(srv, reader, writer):
+        while True:
+            await srv.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(big))
+            for i in range(0, len(big), 1 << 20):
+                writer.write(big[i:i + (1 << 20)])
+                await writer.drain()
+
+    async def main():
+        async with Scripted(handler) as srv:
+            c = HttpClient()
+            for _ in range(2):
+                r = await c.request("GET", srv.url + "/big")
+                await asyncio.sleep(0.2)  # let the server fill the buffers while nobody reads
+                got = []
+                while True:
+                    piece = await r.readany()
+                    if not piece:
+                        break
+                    got.append(piece)
+                assert b"".join(got) == big
+                r.release()
+            assert srv.connections == 1
+            await c.close()
+
+    run(main())

@@ -181,3 +181,42 @@ def test_multi_turn_ids(tok, stream):
         assert sent[2][i:i + 4] == [49122, 385, 1879, IM_END]
     else:
         assert sent[2] == full3
+
+
+def test_sampling_params_sent_to_the_worker(tok):
+    """OpenAI fields map onto SGLang's sampling_params; nothing else (SGLang 400s on unknown keys)."""
+    import httpx
+
+    with RecordingWorker(tok, ["fine thanks"] * 3) as worker, RouterProcess([worker.url]) as router:
+        body = {
+            "model": MODEL, "messages": CONVERSATION, "max_completion_tokens": 33, "temperature": 0.5,
+            "top_p": 0.9, "top_k": 20, "min_p": 0.05, "frequency_penalty": 0.1, "presence_penalty": -0.2,
+            "repetition_penalty": 1.1, "stop": ["END", "STOP"], "seed": 42, "user": "someone",
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+                "type": "object", "properties": {"a": {"type": "integer"}}}}},
+            "logprobs": True, "top_logprobs": 2,
+        }
+        r = httpx.post(router.url + "/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        r = httpx.post(router.url + "/v1/chat/completions", json={"model": MODEL, "messages": CONVERSATION},
+                       timeout=30)
+        assert r.status_code == 200, r.text
+        r = httpx.post(router.url + "/v1/chat/completions", timeout=30, json={
+            "model": MODEL, "messages": CONVERSATION, "max_tokens": 5, "response_format": {"type": "json_object"}})
+        assert r.status_code == 200, r.text
+    first, default, json_object = worker.requests
+    assert first["sampling_params"] == {
+        "max_new_tokens": 33, "temperature": 0.5, "top_p": 0.9, "top_k": 20, "min_p": 0.05,
+        "frequency_penalty": 0.1, "presence_penalty": -0.2, "repetition_penalty": 1.1, "stop": ["END", "STOP"],
+        "json_schema": json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}},
+                                  separators=(",", ":")),
+        "sampling_seed": 42,
+    }
+    assert first["return_logprob"] is True and first["top_logprobs_num"] == 2
+    assert first["return_text_in_logprobs"] is True
+    assert isinstance(first["rid"], str) and first["rid"]
+    assert set(first) == {"input_ids", "sampling_params", "stream", "rid", "return_logprob", "top_logprobs_num",
+                          "return_text_in_logprobs"}
+    # no max_tokens: null (SGLang then generates up to the context length; an absent key would mean 128)
+    assert default["sampling_params"] == {"max_new_tokens": None}
+    assert json_object["sampling_params"] == {"max_new_tokens": 5, "json_schema": '{"type":"object"}'}

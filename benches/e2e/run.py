@@ -272,7 +272,8 @@ def plots(rows: list[dict], raw: dict, out: Path) -> list[str]:
             alpha=0.6,
             label="p90",
         )
-        a2.set_ylabel("TTFT ms")
+        a2.set_ylabel("TTFT ms (log)")
+        a2.set_yscale("log")
         a2.set_title("multiturn: time to first token")
         a2.legend()
         for a in (a1, a2):
@@ -406,7 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "benches" / "results"))
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
-    args.command = "python benches/e2e/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    env = f"LITELLM_BIN={os.environ['LITELLM_BIN']} " if os.environ.get("LITELLM_BIN") else ""
+    args.command = (
+        env + "python benches/e2e/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    ).strip()
     return asyncio.run(amain(args))
 
 

@@ -232,13 +232,19 @@ def _merge_deltas(deltas: list[dict], message: dict) -> None:
 
 
 class ChatFrames:
-    __slots__ = ("head", "tail", "usage_head")
+    __slots__ = ("head", "tail", "usage_head", "c_pre", "c_post")
 
     def __init__(self, cid: str, created: int, model: str, include_usage: bool):
         self.head = b'{"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,"choices":[' % (
             cid.encode(), created, _dumps(model))
         self.tail = b'],"usage":null}' if include_usage else b"]}"
         self.usage_head = self.head + b'],"usage":'
+        # the common frame (choice 0, a content delta, no logprobs) in two precomputed halves
+        self.c_pre = self.head + b'{"index":0,"delta":{"content":'
+        self.c_post = b'},"logprobs":null,"finish_reason":null}' + self.tail
+
+    def content(self, text: str) -> bytes:
+        return encode_event(self.c_pre + _dumps(text) + self.c_post)
 
     def frame(self, index: int, delta: bytes, finish: bytes = _NULL, logprobs: bytes = _NULL) -> bytes:
         return encode_event(
@@ -308,6 +314,11 @@ class App:
         self._json_starts: dict[str, dict] = {}
         # hook for reasoning / tool-call parsing of chat output (see the module docstring)
         self.output_processor_factory: Callable[[ChatRequest, str], Any] | None = None
+        if config.tool_call_parser or config.reasoning_parser:
+            from radixrouter.toolcalls import make_output_processor_factory
+
+            self.output_processor_factory = make_output_processor_factory(
+                config.tool_call_parser, config.reasoning_parser)
         self.routes: dict[str, tuple[str, Callable, str, int]] = {
             # path: (method, handler, metric route name, flags)   flags: 1 = auth, 2 = admin, 4 = generation
             "/v1/chat/completions": ("POST", self.chat_completions, "chat", 5),
@@ -966,12 +977,13 @@ class App:
                         if delta:
                             for d in ch.proc.feed(delta):
                                 out.append(frames.frame(0, _dumps(d)))
-                    elif delta or (p.logprobs and len(ch.lps) > ch.lp_sent):
-                        lp = _NULL
-                        if p.logprobs:
+                    elif p.logprobs:
+                        if delta or len(ch.lps) > ch.lp_sent:
                             lp = _dumps({"content": chat_logprobs(ch.logprob_meta(), ch.lp_sent, p.top_logprobs)})
                             ch.lp_sent = len(ch.lps)
-                        out.append(frames.frame(0, b'{"content":%s}' % _dumps(delta), _NULL, lp))
+                            out.append(frames.frame(0, b'{"content":%s}' % _dumps(delta), _NULL, lp))
+                    elif delta:
+                        out.append(frames.content(delta))
                     if ch.finish is not None:
                         done = True
                         break

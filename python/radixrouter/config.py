@@ -27,6 +27,10 @@ class Config:
     chat_template: str | None = None
     served_model_name: str | None = None
 
+    # chat output parsing (tool calls, reasoning); None = off
+    tool_call_parser: str | None = None  # hermes (qwen), llama3, mistral
+    reasoning_parser: str | None = None  # qwen3, deepseek-r1, ...
+
     # auth and limits
     api_key: str | None = None
     admin_key: str | None = None  # for /add_worker, /remove_worker, /list_workers; falls back to api_key

@@ -363,6 +363,9 @@ class Response:
             self._timer.cancel()
             self._timer = None
         if self._finished and self._keep_alive and self._error is None and not conn.closed and not self._chunks:
+            if conn.paused and conn.transport is not None:
+                conn.paused = False
+                conn.transport.resume_reading()
             self._client._put(conn)
         else:
             conn.closed = True

@@ -288,6 +288,8 @@ class ChatRequest:
     messages: list[dict]
     tools: list[dict] | None
     template_kwargs: dict
+    tool_choice: Any = None  # as sent ("auto", "none", ...); read by output processors
+    parallel_tool_calls: bool | None = None
 
 
 def parse_chat(req: Any, served: str) -> ChatRequest:
@@ -344,7 +346,11 @@ def parse_chat(req: Any, served: str) -> ChatRequest:
         kw = {}
     elif not isinstance(kw, dict):
         raise bad("'chat_template_kwargs' must be an object", "chat_template_kwargs")
-    return ChatRequest(params=p, messages=out, tools=tools, template_kwargs=kw)
+    ptc = req.get("parallel_tool_calls")
+    if ptc is not None and not isinstance(ptc, bool):
+        raise bad("'parallel_tool_calls' must be a boolean", "parallel_tool_calls")
+    return ChatRequest(params=p, messages=out, tools=tools, template_kwargs=kw, tool_choice=tc,
+                       parallel_tool_calls=ptc)
 
 
 # ---------------------------------------------------------------------------- completions

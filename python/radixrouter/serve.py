@@ -55,6 +55,8 @@ _FLAGS: list[tuple[str, object, str, dict]] = [
     ("--tokenizer", str, "a tokenizer.json file (with --chat-template)", {}),
     ("--chat-template", str, "a Jinja chat template file", {}),
     ("--served-model-name", str, "the model id clients use", {}),
+    ("--tool-call-parser", str, "parse tool calls in chat output: hermes (qwen), llama3, mistral", {}),
+    ("--reasoning-parser", str, "separate <think> reasoning into reasoning_content: qwen3, deepseek-r1, ...", {}),
     ("--api-key", str, "require 'Authorization: Bearer KEY' on API routes", {}),
     ("--admin-key", str, "key for /add_worker, /remove_worker, /list_workers (default: the API key)", {}),
     ("--max-body-bytes", _positive(int), "largest request body (413 beyond)", {}),
@@ -124,6 +126,17 @@ def parse_config(argv: list[str]) -> Config:
         cfg.worker_urls = [normalize_url(u) for u in cfg.worker_urls]
     except WorkerError as e:
         raise _UsageError(str(e)) from None
+    try:
+        if cfg.tool_call_parser:
+            from radixrouter.toolcalls import normalize_tool_format
+
+            normalize_tool_format(cfg.tool_call_parser)
+        if cfg.reasoning_parser:
+            from radixrouter.reasoning import normalize_reasoning_format
+
+            normalize_reasoning_format(cfg.reasoning_parser)
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
     if not 1 <= cfg.port <= 65535:
         raise _UsageError(f"--port {cfg.port} is not a TCP port")
     if cfg.workers < 1:
@@ -186,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not cfg.worker_urls:
         logging.getLogger("radixrouter").warning("no --worker-url given; add workers with POST /add_worker")
+    if cfg.workers > 1:
+        logging.getLogger("radixrouter").warning(
+            "--workers %d: each process keeps its own worker list, prefix cache and metrics; "
+            "/add_worker and /remove_worker reach only the process that answers them", cfg.workers)
     server = Server(
         "radixrouter.app:create_app",
         address=cfg.host,
