@@ -8,6 +8,7 @@ under a small budget) on both and compares every result. Positions are ``str`` i
 from __future__ import annotations
 
 import bisect
+import os
 import struct
 
 import orjson
@@ -414,7 +415,11 @@ class CacheMachine(RuleBasedStateMachine):
             handle.release()
 
 
+# A longer run: CACHE_FUZZ_EXAMPLES=5000 .venv/bin/python -m pytest tests/test_cache_model.py --timeout 0
 CacheMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=int(os.environ.get("CACHE_FUZZ_EXAMPLES", "150")),
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 TestCacheMachine = CacheMachine.TestCase
