@@ -28,7 +28,7 @@ mod tree;
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use text::{
@@ -330,12 +330,11 @@ pub struct PrefixCache {
     matched_tokens: AtomicU64,
     looked_up_chars: AtomicU64,
     matched_chars: AtomicU64,
-    freed_since_trim: AtomicUsize,
 }
 
-/// Evictions free memory to the allocator at once; past this many bytes freed, the allocator
-/// is also asked to return free pages to the system (glibc keeps them otherwise).
-const TRIM_AFTER_BYTES: usize = 32 << 20;
+/// Evictions free memory to the allocator at once; when one round frees this much, the
+/// allocator is also asked to return free pages to the system (glibc keeps them otherwise).
+const TRIM_AFTER_BYTES: usize = 64 << 20;
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn release_free_memory() {
@@ -358,7 +357,6 @@ impl PrefixCache {
             matched_tokens: AtomicU64::new(0),
             looked_up_chars: AtomicU64::new(0),
             matched_chars: AtomicU64::new(0),
-            freed_since_trim: AtomicUsize::new(0),
         }
     }
 
@@ -400,13 +398,12 @@ impl PrefixCache {
         Ok(())
     }
 
-    /// After large evictions, hand free heap pages back to the system (outside the lock).
+    /// After one large round of evictions, hand free heap pages back to the system (outside
+    /// the lock). Steady churn at the budget is left alone: the next inserts reuse that memory.
     fn note_freed(&self, mut tree: RwLockWriteGuard<'_, Tree>) {
         let freed = tree.take_freed();
         drop(tree);
-        let total = self.freed_since_trim.fetch_add(freed, Relaxed) + freed;
-        if total >= TRIM_AFTER_BYTES {
-            self.freed_since_trim.store(0, Relaxed);
+        if freed >= TRIM_AFTER_BYTES {
             release_free_memory();
         }
     }
@@ -468,7 +465,6 @@ impl PrefixCache {
         let old = std::mem::replace(&mut *tree, fresh);
         drop(tree);
         drop(old);
-        self.freed_since_trim.store(0, Relaxed);
         release_free_memory();
     }
 
