@@ -148,6 +148,10 @@ def test_bad_types_raise_type_error() -> None:
         c.insert("alpha", [1], [5], logprobs=["x"])
     with pytest.raises(ValueError):
         PrefixCache(max_tokens=-1)
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate has no UTF-8 form
+        c.insert("a\ud800", [1], [1])
+    with pytest.raises(UnicodeEncodeError):
+        c.match("a\ud800")
 
 
 def test_id_inputs_lists_tuples_arrays_bytes_iterables() -> None:

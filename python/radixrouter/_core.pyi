@@ -110,7 +110,8 @@ class PrefixCache:
         ``token_ids``: ints, ``array("I")``, or bytes of native uint32. ``token_ends``:
         non-decreasing ``str`` indices, at most ``len(text)`` (several tokens may share one end).
         ``logprobs`` / ``loss_mask`` (0 or 1): one per token. ``ValueError`` on mismatched
-        lengths, decreasing or out-of-range ends, a mask value other than 0/1.
+        lengths, decreasing or out-of-range ends, a mask value other than 0/1; ``UnicodeEncodeError``
+        (a ``ValueError``) for a text with lone surrogates.
         """
     def match(self, text: str) -> PrefixMatch:
         """The longest cached prefix of ``text`` (refreshes its LRU position)."""
