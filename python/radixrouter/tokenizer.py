@@ -31,11 +31,17 @@ tokenizes text with the model's ``tokenizer.json``:
   Otherwise the match is backed off to the last added token in it (its position is found by decoding the
   dropped tokens and checking them against the text; if that fails the whole prompt is tokenized). The
   ids therefore equal a full tokenization, except for earlier assistant turns, which keep the worker's ids.
+  ``Prompt.ids_json()`` gives the ids as the JSON array to send without building a Python list of the
+  cached ids (about half the cost of ``Prompt.ids`` at 8k tokens; embed it with ``orjson.Fragment``).
 * ``record(prompt, output_text, output_ids)``: inserts prompt + output with the prompt ids (loss mask 0,
-  or what the cache held for reused tokens) and the worker's output ids (loss mask 1, logprobs). A stop
-  token at the end of the ids whose text the worker trimmed (``<|im_end|>``) gets its text appended, so the
-  seam after the assistant turn is right. Output ids are recorded only if they decode exactly to the output
-  text (a trimmed stop string makes them disagree); otherwise only the prompt is recorded.
+  or what the cache held for reused tokens) and the worker's output ids (loss mask 1; logprobs when
+  given, then also those the cache held for reused tokens). A stop token at the end of the ids whose text
+  the worker trimmed (``<|im_end|>``) gets its text appended, so the seam after the assistant turn is
+  right. Output ids are recorded only if they decode exactly to the output text (a trimmed stop string
+  makes them disagree); otherwise only the prompt is recorded. The cache keeps one tokenization per text:
+  where a record disagrees with tokens it already holds for a shared span (possible only after the
+  template rewrote history), it stores the text alone, and later turns of that branch re-tokenize from
+  the last added token before the rewrite (still exact, less reuse).
 * Offsets: the worker reports no character offsets, so token ends are computed from the ids: with a
   byte-level BPE tokenizer (Qwen, Llama-3, DeepSeek, GPT-style), a token ends after the characters whose
   first UTF-8 byte it holds (which is what the tokenizer's own offsets say, a character split over several
