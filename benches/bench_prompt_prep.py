@@ -135,7 +135,7 @@ def test_turn16_parts(benchmark, qwen, part, cached) -> None:
 
 @pytest.mark.skipif(not hasattr(radixrouter, "PrefixCache"), reason="PrefixCache not built yet")
 def test_record_turn16(benchmark, qwen) -> None:
-    """Recording a finished turn 16 (prompt + a ~250-token answer) in the cache: verifying the output ids
+    """Recording a finished turn 16 (prompt + a 360-token answer) in the cache: verifying the output ids
     against the text, computing token ends, the insert. Runs after the response, not before it."""
     benchmark.group = "record, turn 16"
     messages, replies = conversation()

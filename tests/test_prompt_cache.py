@@ -11,6 +11,7 @@ import array
 import bisect
 import os
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -176,6 +177,7 @@ def test_worker_ids_come_back_exactly(builder, qwen) -> None:
     p2 = chat(builder, messages, long_reply, long_ids)
     rest = p2.text[len(p1.text) + len("hello world<|im_end|>") :]
     assert rest.startswith("\n<|im_start|>user\nAgain")
+    assert p2.ids_json() == orjson.dumps(p1.ids + sampled + [IM_END] + qwen.encode(rest))
     assert p2.ids == p1.ids + sampled + [IM_END] + qwen.encode(rest)
     assert p2.ids != qwen.encode(p2.text)  # the test means something: a re-tokenization differs
     assert p2.cached_tokens == len(p1.ids) + 4
@@ -383,6 +385,7 @@ def test_property_ids_always_spell_the_prompt(qwen, make_cache, turns) -> None:
         messages.append({"role": "user", "content": user})
         text = qwen.render(messages)
         p = b.tokenize(text)
+        assert p.ids_json() == orjson.dumps(p.ids)
         assert qwen.decode(p.ids, skip_special_tokens=False) == text
         if previous is None:
             assert p.ids == qwen.encode(text)
