@@ -291,8 +291,9 @@ class ChatTokenizer:
         cls, path: str | os.PathLike[str], *, chat_template_file: str | os.PathLike[str] | None = None
     ) -> ChatTokenizer:
         """A model directory: tokenizer.json, tokenizer_config.json (chat_template, special tokens),
-        chat_template.jinja (wins over the config's template, as in transformers), generation_config.json
-        (extra EOS ids). ``chat_template_file`` overrides the template."""
+        chat_template.jinja and additional_chat_templates/*.jinja (win over the config's templates, as in
+        transformers), generation_config.json (extra EOS ids). ``chat_template_file`` overrides the
+        template."""
         root = Path(path)
         if not root.is_dir():
             raise FileNotFoundError(f"model path {root} is not a directory")
@@ -306,8 +307,20 @@ class ChatTokenizer:
         template: str | list[dict[str, Any]] | None = config.get("chat_template")
         if chat_template_file is not None:
             template = _read_template_file(Path(chat_template_file))
-        elif (root / "chat_template.jinja").is_file():
-            template = _read_template_file(root / "chat_template.jinja")
+        else:
+            # As transformers: template files beside the config win over its entries; chat_template.jinja
+            # is the default, additional_chat_templates/NAME.jinja the named ones.
+            named = {}
+            extra_dir = root / "additional_chat_templates"
+            if extra_dir.is_dir():
+                for f in sorted(extra_dir.glob("*.jinja")):
+                    named[f.stem] = _read_template_file(f)
+            if (root / "chat_template.jinja").is_file():
+                named["default"] = _read_template_file(root / "chat_template.jinja")
+            if list(named) == ["default"]:
+                template = named["default"]
+            elif named:
+                template = [{"name": k, "template": v} for k, v in named.items()]
         extra_eos: list[int] = []
         gen_file = root / "generation_config.json"
         if gen_file.is_file():
