@@ -509,8 +509,11 @@ def _load_tokenizer(path: Path) -> Tokenizer:
         raise ValueError(f"cannot load tokenizer {path}: {e}") from None
 
 
+_LOCATION_SUFFIX = re.compile(r" \(in [^()]*:\d+\)$")
+
+
 def _describe(e: minijinja.TemplateError) -> str:
-    detail = e.detail or e.message
+    detail = _LOCATION_SUFFIX.sub("", e.detail or e.message)
     where = f" (line {e.line})" if e.line else ""
     return f"{e.kind}: {detail}{where}" if e.kind and e.kind != "Unknown" else f"{detail}{where}"
 
