@@ -1,9 +1,20 @@
 """Type stubs for the Rust extension ``radixrouter._core`` (the contract; checked by stubtest)."""
 
+from array import array
+from collections.abc import Iterable, Sequence
 from typing import final
 
 __version__: str
-__all__ = ["SseDecodeError", "SseDecoder", "SseEvent", "__version__", "encode_event"]
+__all__ = [
+    "PrefixCache",
+    "PrefixMatch",
+    "PrefixPin",
+    "SseDecodeError",
+    "SseDecoder",
+    "SseEvent",
+    "__version__",
+    "encode_event",
+]
 
 # ---- SSE codec -------------------------------------------------------------
 
@@ -57,3 +68,113 @@ def encode_event(
     """Encode one event: comments, id, event, data lines, retry, blank line; ``data: `` with the space."""
 
 # ---- Prefix cache ----------------------------------------------------------
+
+@final
+class PrefixCache:
+    """A radix-tree prefix cache: text -> token ids, logprobs, loss mask and worker affinity.
+
+    Keyed by text; positions are ``str`` indices. Each insert brings its token ids and every
+    token's end offset in the text. ``match`` returns the longest cached prefix, cut at the
+    last whole token inside it (never a token that straddles the point of divergence).
+
+    Rules:
+
+    * Tokenization conflicts: the existing tokens win. Token data on a cached path is never
+      rewritten; an insert adds its tokens only past the tokens already on its path, and only
+      if its ids/ends for the shared part equal those on the path (otherwise its text and
+      worker are still recorded, without new tokens). Re-inserting a text refreshes it.
+    * Budget: a node costs its token count (one unit per 4 characters for nodes without
+      tokens). An insert that takes the total past ``max_tokens`` evicts least-recently-used
+      unpinned leaves until it fits. Pinned paths are never evicted.
+    * Workers: ``insert(..., worker=w)`` records ``w`` on every node of the path; eviction and
+      ``remove_worker`` forget it.
+
+    Thread-safe; long inputs are processed with the thread detached from the interpreter.
+    """
+
+    def __new__(cls, max_tokens: int = 16000000) -> PrefixCache: ...
+    @property
+    def max_tokens(self) -> int: ...
+    def insert(
+        self,
+        text: str,
+        token_ids: Sequence[int] | bytes | None = None,
+        token_ends: Sequence[int] | bytes | None = None,
+        *,
+        logprobs: Iterable[float] | None = None,
+        loss_mask: Iterable[int] | None = None,
+        worker: str | None = None,
+    ) -> None:
+        """Insert ``text`` with its tokens (none: text and worker affinity only).
+
+        ``token_ids``: ints, ``array("I")``, or bytes of native uint32. ``token_ends``:
+        non-decreasing ``str`` indices, at most ``len(text)`` (several tokens may share one end).
+        ``logprobs`` / ``loss_mask`` (0 or 1): one per token. ``ValueError`` on mismatched
+        lengths, decreasing or out-of-range ends, a mask value other than 0/1.
+        """
+    def match(self, text: str) -> PrefixMatch:
+        """The longest cached prefix of ``text`` (refreshes its LRU position)."""
+    def pin(self, text: str) -> PrefixPin:
+        """Protect the cached path ``text`` reaches from eviction until the pin is released."""
+    def remove_worker(self, worker: str) -> None:
+        """Forget ``worker`` on every node."""
+    def clear(self) -> None:
+        """Drop every entry, pin and worker (the counters in ``stats`` are kept)."""
+    def stats(self) -> dict[str, int | float]:
+        """Counters: nodes, tokens, charged (budget units), max_tokens, bytes (estimated heap),
+        evictions, pins, workers, lookups, looked_up_tokens, matched_tokens, hit_rate
+        (matched / looked-up tokens; the unmatched rest of a text is estimated at the matched
+        part's characters per token, or 4), looked_up_chars, matched_chars, char_hit_rate."""
+
+@final
+class PrefixMatch:
+    """The longest cached prefix of a text (a snapshot; see ``PrefixCache.match``)."""
+
+    @property
+    def length(self) -> int:
+        """Matched ``str`` index at the end of the last whole matched token (0 if none)."""
+    @property
+    def matched_chars(self) -> int:
+        """Raw matched characters (may be beyond ``length``)."""
+    @property
+    def token_count(self) -> int: ...
+    @property
+    def token_ids(self) -> list[int]:
+        """The matched ids as a new list (see ``ids_json``/``ids_bytes`` for cheaper forms)."""
+    @property
+    def logprobs(self) -> list[float]:
+        """One per token; 0.0 for tokens inserted without logprobs."""
+    @property
+    def loss_mask(self) -> list[int]:
+        """One per token; 0 for tokens inserted without a mask."""
+    @property
+    def workers(self) -> dict[str, int]:
+        """Worker -> matched characters up to that worker's deepest node on the path."""
+    @property
+    def worker_ages(self) -> dict[str, int]:
+        """Worker -> cache operations (inserts, matches, pins) since it last inserted through its
+        deepest node on the path: smaller is more recent (1: the operation just before this match)."""
+    def ids_json(self) -> bytes:
+        """The ids as a JSON array, e.g. ``b"[1,2,3]"``."""
+    def ids_bytes(self) -> bytes:
+        """The ids as native-endian uint32 bytes (``memoryview(b).cast("I")``)."""
+    def ids_array(self) -> array[int]:
+        """The ids as ``array.array("I")``."""
+    def __len__(self) -> int:
+        """The number of matched tokens."""
+
+@final
+class PrefixPin:
+    """A pin on a cached path; a context manager. Released by ``release()``, on leaving
+    the ``with`` block, or when garbage-collected."""
+
+    @property
+    def matched_chars(self) -> int:
+        """Characters of the text that were cached when it was pinned."""
+    @property
+    def active(self) -> bool:
+        """True until released (False from the start if nothing of the text was cached)."""
+    def release(self) -> None:
+        """Release the pin (idempotent)."""
+    def __enter__(self) -> PrefixPin: ...
+    def __exit__(self, *args: object) -> bool: ...

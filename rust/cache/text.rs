@@ -1,0 +1,203 @@
+//! Byte-level helpers for the tree: longest common prefix, character counting, JSON of ids.
+
+/// Length in bytes of the longest common prefix of `a` and `b`.
+#[inline]
+pub fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    // The common case on a hit is a full match: one memcmp.
+    if a == b {
+        return n;
+    }
+    const BLOCK: usize = 64;
+    let mut i = 0;
+    while i + BLOCK <= n && a[i..i + BLOCK] == b[i..i + BLOCK] {
+        i += BLOCK;
+    }
+    while i < n && a[i] == b[i] {
+        i += 1;
+    }
+    i
+}
+
+/// Number of characters (Unicode scalar values, i.e. Python `str` indices) in UTF-8 `s`.
+#[inline]
+pub fn count_chars(s: &[u8]) -> usize {
+    // Every byte that is not a continuation byte (0b10xx_xxxx) starts a character.
+    // Byte-wide counters per 64-byte block let the compiler vectorize the loop.
+    let starts = |b: &u8| u8::from((*b as i8) >= -0x40);
+    let mut blocks = s.chunks_exact(64);
+    let mut n = 0;
+    for block in &mut blocks {
+        n += block.iter().map(starts).fold(0u8, u8::wrapping_add) as usize;
+    }
+    n + blocks
+        .remainder()
+        .iter()
+        .map(|b| starts(b) as usize)
+        .sum::<usize>()
+}
+
+/// Byte offset of the character at index `chars` of UTF-8 `s` (`s.len()` if past the end).
+pub fn char_to_byte(s: &str, chars: usize) -> usize {
+    if s.is_ascii() {
+        return chars.min(s.len());
+    }
+    s.char_indices().nth(chars).map_or(s.len(), |(i, _)| i)
+}
+
+const DIGITS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Length of `v` in decimal digits.
+#[inline]
+fn digits(v: u32) -> usize {
+    1 + usize::from(v >= 10)
+        + usize::from(v >= 100)
+        + usize::from(v >= 1_000)
+        + usize::from(v >= 10_000)
+        + usize::from(v >= 100_000)
+        + usize::from(v >= 1_000_000)
+        + usize::from(v >= 10_000_000)
+        + usize::from(v >= 100_000_000)
+        + usize::from(v >= 1_000_000_000)
+}
+
+/// The ids in decimal, each followed by a comma (`b"1,22,333,"`): the building block of
+/// the JSON form, cut after any token by counting commas.
+pub fn ids_csv(ids: &[u32]) -> Box<[u8]> {
+    let len = ids.len() + ids.iter().map(|&v| digits(v)).sum::<usize>();
+    let mut out = vec![0u8; len];
+    let mut pos = 0;
+    for &v in ids {
+        let n = digits(v);
+        let mut end = pos + n;
+        let mut v = v;
+        while v >= 100 {
+            let r = (v % 100) as usize * 2;
+            v /= 100;
+            out[end - 2..end].copy_from_slice(&DIGITS[r..r + 2]);
+            end -= 2;
+        }
+        if v >= 10 {
+            let r = v as usize * 2;
+            out[end - 2..end].copy_from_slice(&DIGITS[r..r + 2]);
+        } else {
+            out[end - 1] = b'0' + v as u8;
+        }
+        out[pos + n] = b',';
+        pos += n + 1;
+    }
+    out.into()
+}
+
+/// Byte offset just after the `n`-th comma of `s` (`s.len()` if there are fewer).
+pub fn after_nth_comma(s: &[u8], n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let mut seen = 0;
+    let mut base = 0;
+    for block in s.chunks(64) {
+        let c = block
+            .iter()
+            .map(|&b| u8::from(b == b','))
+            .fold(0u8, u8::wrapping_add) as usize;
+        if seen + c >= n {
+            for (i, &b) in block.iter().enumerate() {
+                if b == b',' {
+                    seen += 1;
+                    if seen == n {
+                        return base + i + 1;
+                    }
+                }
+            }
+        }
+        seen += c;
+        base += block.len();
+    }
+    s.len()
+}
+
+/// Join comma-terminated parts (see `ids_csv`) into a JSON array; `out` must be
+/// `json_len(parts)` bytes.
+pub fn write_json<'a>(parts: impl IntoIterator<Item = &'a [u8]>, out: &mut [u8]) {
+    out[0] = b'[';
+    let mut pos = 1;
+    for p in parts {
+        out[pos..pos + p.len()].copy_from_slice(p);
+        pos += p.len();
+    }
+    // The last comma becomes the closing bracket ("[]" when there are no ids).
+    let last = out.len() - 1;
+    out[last] = b']';
+}
+
+/// Length of the JSON array made of comma-terminated parts.
+pub fn json_len<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> usize {
+    let n: usize = parts.into_iter().map(<[u8]>::len).sum();
+    if n == 0 {
+        2
+    } else {
+        n + 1
+    }
+}
+
+/// `ids` as a JSON array (`b"[1,2,3]"`).
+pub fn ids_json(ids: &[u32]) -> Vec<u8> {
+    let csv = ids_csv(ids);
+    let mut out = vec![0; json_len([&csv[..]])];
+    write_json([&csv[..]], &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix() {
+        assert_eq!(common_prefix(b"abc", b"abd"), 2);
+        assert_eq!(common_prefix(b"abc", b"ab"), 2);
+        assert_eq!(common_prefix(b"", b"ab"), 0);
+        let a = vec![7u8; 1000];
+        let mut b = a.clone();
+        b[777] = 1;
+        assert_eq!(common_prefix(&a, &b), 777);
+        assert_eq!(common_prefix(&a, &a), 1000);
+    }
+
+    #[test]
+    fn chars() {
+        assert_eq!(count_chars("aé€😀".as_bytes()), 4);
+        assert_eq!(char_to_byte("aé€😀x", 3), 6);
+        assert_eq!(char_to_byte("aé€😀x", 5), "aé€😀x".len());
+        assert_eq!(char_to_byte("abc", 9), 3);
+    }
+
+    #[test]
+    fn json() {
+        let ids = [0, 9, 10, 99, 100, 12345, 4_294_967_295, 1_000_000];
+        let s = String::from_utf8(ids_json(&ids)).unwrap();
+        assert_eq!(s, "[0,9,10,99,100,12345,4294967295,1000000]");
+        assert_eq!(ids_json(&[]), b"[]");
+        assert_eq!(ids_json(&[5]), b"[5]");
+        let csv = ids_csv(&[1, 22, 333, 4]);
+        assert_eq!(&csv[..], b"1,22,333,4,");
+        assert_eq!(after_nth_comma(&csv, 0), 0);
+        assert_eq!(after_nth_comma(&csv, 2), 5);
+        assert_eq!(after_nth_comma(&csv, 4), csv.len());
+        let long = ids_csv(&(0..1000).collect::<Vec<u32>>());
+        assert_eq!(
+            &long[..after_nth_comma(&long, 777)],
+            &ids_csv(&(0..777).collect::<Vec<u32>>())[..]
+        );
+        let parts: [&[u8]; 3] = [b"1,2,", b"", b"30,"];
+        let mut out = vec![0; json_len(parts)];
+        write_json(parts, &mut out);
+        assert_eq!(out, b"[1,2,30]");
+    }
+}
