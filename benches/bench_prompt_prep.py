@@ -1,10 +1,11 @@
 """Prompt preparation per turn of a 16-turn chat, with the prefix cache and without (pytest-benchmark).
 
 Prompt preparation = what the router does before it can send a request: render the messages with the
-Qwen3 chat template (minijinja) and have the token ids ready (a Python list). Without the cache the whole
-prompt is tokenized every turn; with it the ids of the history come from radixrouter.PrefixCache (the
-previous turns were recorded as the router records them: prompt ids + the worker's output ids) and only
-the new user turn is tokenized.
+Qwen3 chat template (minijinja) and have the token ids ready to send (``Prompt.ids_json()``, the JSON
+array for ``input_ids``; a row of "turn 16 parts" shows the cost of a Python list instead). Without the
+cache the whole prompt is tokenized every turn; with it the ids of the history come from
+radixrouter.PrefixCache (the previous turns were recorded as the router records them: prompt ids + the
+worker's output ids) and only the new user turn is tokenized.
 
 The conversation (mixed ASCII and non-ASCII text): user turns of ~100-250 tokens, assistant replies of
 ~250-400 tokens; turn 1's prompt is 302 tokens, turn 8's 4,030, turn 16's 7,818 (28,802 characters).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import random
 
+import orjson
 import pytest
 
 import radixrouter
@@ -79,10 +81,10 @@ def test_prep_without_cache(benchmark, qwen, turn) -> None:
     messages = _turn_messages(conversation()[0], turn)
     builder = PromptBuilder(qwen, None)
 
-    def prep() -> list[int]:
-        return builder.tokenize(qwen.render(messages)).ids
+    def prep() -> bytes:
+        return builder.tokenize(qwen.render(messages)).ids_json()
 
-    ids = benchmark(prep)
+    ids = orjson.loads(benchmark(prep))
     benchmark.extra_info["prompt_tokens"] = len(ids)
     assert ids == qwen.encode(qwen.render(messages))
 
@@ -91,28 +93,32 @@ def test_prep_without_cache(benchmark, qwen, turn) -> None:
 @pytest.mark.parametrize("turn", [1, 2, 4, 8, 16])
 def test_prep_with_cache(benchmark, qwen, turn) -> None:
     benchmark.group = f"prompt prep, turn {turn:2d}"
-    messages = _turn_messages(conversation()[0], turn)
+    messages, replies = conversation()
+    turn_messages = _turn_messages(messages, turn)
     builder = _warm_cache(qwen, turn)
 
-    def prep() -> list[int]:
-        return builder.tokenize(qwen.render(messages)).ids
+    def prep() -> bytes:
+        return builder.tokenize(qwen.render(turn_messages)).ids_json()
 
-    ids = benchmark(prep)
-    prompt = builder.tokenize(qwen.render(messages))
+    ids = orjson.loads(benchmark(prep))
+    prompt = builder.tokenize(qwen.render(turn_messages))
     benchmark.extra_info["prompt_tokens"] = len(ids)
     benchmark.extra_info["cached_tokens"] = prompt.cached_tokens
-    assert ids == qwen.encode(qwen.render(messages))
+    assert ids == prompt.ids == qwen.encode(qwen.render(turn_messages))
     if turn > 1:
-        assert prompt.cached_tokens > 0.8 * len(ids)
+        # Everything up to the previous answer's <|im_end|> came from the cache.
+        previous = qwen.encode(qwen.render(_turn_messages(messages, turn - 1)))
+        assert prompt.cached_tokens == len(previous) + len(qwen.encode(replies[turn - 2])) + 1
 
 
 @pytest.mark.parametrize(
     ("part", "cached"),
-    [("render", False), ("tokenize", False), ("tokenize", True)],
-    ids=["render", "tokenize-no-cache", "tokenize-cache"],
+    [("render", False), ("tokenize", False), ("tokenize", True), ("tokenize-list", True)],
+    ids=["render", "ids_json-no-cache", "ids_json-cache", "ids-list-cache"],
 )
 def test_turn16_parts(benchmark, qwen, part, cached) -> None:
-    """Where turn 16's time goes: rendering vs. getting the ids."""
+    """Where turn 16's time goes: rendering, getting the ids as JSON (what the router sends), or as a
+    Python list."""
     if cached and not hasattr(radixrouter, "PrefixCache"):
         pytest.skip("PrefixCache not built yet")
     benchmark.group = "turn 16 parts"
@@ -121,13 +127,15 @@ def test_turn16_parts(benchmark, qwen, part, cached) -> None:
     text = qwen.render(messages)
     if part == "render":
         benchmark(qwen.render, messages)
+    elif part == "tokenize":
+        assert orjson.loads(benchmark(lambda: builder.tokenize(text).ids_json())) == qwen.encode(text)
     else:
         assert benchmark(lambda: builder.tokenize(text).ids) == qwen.encode(text)
 
 
 @pytest.mark.skipif(not hasattr(radixrouter, "PrefixCache"), reason="PrefixCache not built yet")
 def test_record_turn16(benchmark, qwen) -> None:
-    """Recording a finished turn 16 (prompt + a ~250-token answer) in the cache: verifying the output ids
+    """Recording a finished turn 16 (prompt + a 360-token answer) in the cache: verifying the output ids
     against the text, computing token ends, the insert. Runs after the response, not before it."""
     benchmark.group = "record, turn 16"
     messages, replies = conversation()

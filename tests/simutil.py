@@ -131,6 +131,7 @@ class SimWorker:
             try:
                 status, _ = http_json("GET", self.url + "/health", timeout=1.0)
                 if status == 200:
+                    self._check_own_port()
                     return
             except OSError:
                 pass
@@ -139,6 +140,17 @@ class SimWorker:
                 self.stop()
                 raise TimeoutError(f"sim worker not healthy after {self.startup_timeout}s\n{out}")
             time.sleep(0.05)
+
+    def _check_own_port(self) -> None:
+        # granian listens with SO_REUSEPORT, so a port taken between free_port() and the bind would be
+        # shared silently with another server: make sure the answers come from our own process
+        assert self.proc is not None
+        for _ in range(3):  # new connections, so the kernel may pick another listener
+            _, info = http_json("GET", self.url + "/server_info", timeout=2.0)
+            if not isinstance(info, dict) or info.get("pid") != self.proc.pid:
+                out = self.output()
+                self.stop()
+                raise RuntimeError(f"port {self.port} answered by another process ({info!r:.200})\n{out}")
 
     def output(self) -> str:
         """Everything the worker printed so far."""

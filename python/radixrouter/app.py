@@ -145,7 +145,8 @@ def _worker_error(status: int, data: bytes, url: str) -> ApiError:
 class Choice:
     """The output of one generation as the worker streams it (cumulative or incremental events)."""
 
-    __slots__ = ("index", "mode", "text", "ids", "meta", "lps", "tops", "lp_sent", "finish", "abort", "proc", "emitted")
+    __slots__ = ("index", "mode", "text", "ids", "meta", "lps", "tops", "lp_sent", "finish", "abort", "proc", "emitted",
+                 "raw")
 
     def __init__(self, index: int, mode: str | None):
         self.index = index
@@ -160,6 +161,7 @@ class Choice:
         self.abort: dict | None = None
         self.proc: Any = None
         self.emitted = False
+        self.raw: str | None = None  # the last cumulative event as received (its output_ids were skipped)
 
     def update(self, obj: dict) -> str:
         """Apply one worker event; return the new text."""
@@ -201,6 +203,15 @@ class Choice:
         if meta.get("finish_reason") is not None:
             self.finish, self.abort = finish_reason(meta)
         return delta
+
+    def restore_ids(self) -> None:
+        """The output ids of the last cumulative event, whose parse skipped them (see App._events)."""
+        raw = self.raw
+        if raw is not None:
+            self.raw = None
+            ids = _loads(raw).get("output_ids")
+            if ids is not None:
+                self.ids = ids
 
     def logprob_meta(self) -> dict:
         return {"output_token_logprobs": self.lps, "output_top_logprobs": self.tops}
@@ -667,9 +678,13 @@ class App:
                 task.cancel()
 
     async def _events(self, ex: Exchange, w: Worker, content, dec, first: bool, deadline: float, retryable: bool,
-                      keepalive: bool = True):
+                      keepalive: bool = True, ch: Choice | None = None):
         """Decode the next batch of worker events: (list of parsed events, done flag). Before the first
-        token the first-token deadline applies (and keep-alive frames go out if `keepalive`)."""
+        token the first-token deadline applies (and keep-alive frames go out if `keepalive`).
+
+        Once `ch` is known to be a cumulative stream, each event's `output_ids` (the whole output so far,
+        so parsing them every event costs O(n^2) over a long generation) are cut out before parsing; the
+        last event is kept raw and `Choice.restore_ids()` parses its ids once at the end."""
         try:
             chunk = await (self._next_chunk(ex, w, content, deadline, keepalive) if first else content.readany())
         except TRANSPORT_ERRORS as e:
@@ -681,6 +696,7 @@ class App:
                 ApiError(502, f"worker {w.url} ended the stream early", code="upstream_error"), retryable)
         out = []
         done = False
+        skip_ids = ch is not None and ch.mode == "cumulative"
         for ev in dec.feed(chunk):
             data = ev.data
             if data == "[DONE]":
@@ -688,6 +704,15 @@ class App:
                 break
             if not data:
                 continue
+            if skip_ids:
+                # `"output_ids":[` with unescaped quotes can only be the key (quotes inside JSON strings are
+                # escaped); the ids are integers, so the first `]` closes the array
+                i = data.find('"output_ids":[')
+                if i >= 0:
+                    j = data.find("]", i)
+                    if j > 0:
+                        ch.raw = data
+                        data = data[: i + 14] + data[j:]
             try:
                 obj = _loads(data)
             except orjson.JSONDecodeError:
@@ -964,7 +989,7 @@ class App:
             content = resp.content
             deadline = loop.time() + self.config.first_token_timeout
             while True:
-                evs, done = await self._events(ex, w, content, dec, not ch.emitted, deadline, not ch.emitted)
+                evs, done = await self._events(ex, w, content, dec, not ch.emitted, deadline, not ch.emitted, ch=ch)
                 out = []
                 for obj in evs:
                     delta = ch.update(obj)
@@ -1020,6 +1045,7 @@ class App:
                     await send(_body(b"".join(out), False))
                     if ch.mode and w.stream_mode is None:
                         w.stream_mode = ch.mode
+                    ch.restore_ids()
                     self._record(prompt, text, ch, w, p.logprobs)
                     self._observe("chat", ex, stats[0], stats[1], stats[2], (pt, cached, ct))
                     return ch
@@ -1069,7 +1095,7 @@ class App:
                 content = resp.content
                 while True:
                     evs, done = await self._events(ex, w, content, dec, not ch.emitted, deadline, not ch.emitted,
-                                                   keepalive=False)  # the merging loop sends keep-alives
+                                                   keepalive=False, ch=ch)  # the merging loop sends keep-alives
                     for obj in evs:
                         delta = ch.update(obj)
                         if not ch.emitted and ch.finish == "abort":
@@ -1088,6 +1114,7 @@ class App:
                                 code="upstream_error"), not ch.emitted)
                         if ch.mode and w.stream_mode is None:
                             w.stream_mode = ch.mode
+                        ch.restore_ids()
                         return
 
             await self._call(ex, pctx, "/generate", body, r, consume)

@@ -31,11 +31,17 @@ tokenizes text with the model's ``tokenizer.json``:
   Otherwise the match is backed off to the last added token in it (its position is found by decoding the
   dropped tokens and checking them against the text; if that fails the whole prompt is tokenized). The
   ids therefore equal a full tokenization, except for earlier assistant turns, which keep the worker's ids.
+  ``Prompt.ids_json()`` gives the ids as the JSON array to send without building a Python list of the
+  cached ids (about half the cost of ``Prompt.ids`` at 8k tokens; embed it with ``orjson.Fragment``).
 * ``record(prompt, output_text, output_ids)``: inserts prompt + output with the prompt ids (loss mask 0,
-  or what the cache held for reused tokens) and the worker's output ids (loss mask 1, logprobs). A stop
-  token at the end of the ids whose text the worker trimmed (``<|im_end|>``) gets its text appended, so the
-  seam after the assistant turn is right. Output ids are recorded only if they decode exactly to the output
-  text (a trimmed stop string makes them disagree); otherwise only the prompt is recorded.
+  or what the cache held for reused tokens) and the worker's output ids (loss mask 1; logprobs when
+  given, then also those the cache held for reused tokens). A stop token at the end of the ids whose text
+  the worker trimmed (``<|im_end|>``) gets its text appended, so the seam after the assistant turn is
+  right. Output ids are recorded only if they decode exactly to the output text (a trimmed stop string
+  makes them disagree); otherwise only the prompt is recorded. The cache keeps one tokenization per text:
+  where a record disagrees with tokens it already holds for a shared span (possible only after the
+  template rewrote history), it stores the text alone, and later turns of that branch re-tokenize from
+  the last added token before the rewrite (still exact, less reuse).
 * Offsets: the worker reports no character offsets, so token ends are computed from the ids: with a
   byte-level BPE tokenizer (Qwen, Llama-3, DeepSeek, GPT-style), a token ends after the characters whose
   first UTF-8 byte it holds (which is what the tokenizer's own offsets say, a character split over several
@@ -55,6 +61,7 @@ from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from itertools import accumulate
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -284,8 +291,9 @@ class ChatTokenizer:
         cls, path: str | os.PathLike[str], *, chat_template_file: str | os.PathLike[str] | None = None
     ) -> ChatTokenizer:
         """A model directory: tokenizer.json, tokenizer_config.json (chat_template, special tokens),
-        chat_template.jinja (wins over the config's template, as in transformers), generation_config.json
-        (extra EOS ids). ``chat_template_file`` overrides the template."""
+        chat_template.jinja and additional_chat_templates/*.jinja (win over the config's templates, as in
+        transformers), generation_config.json (extra EOS ids). ``chat_template_file`` overrides the
+        template."""
         root = Path(path)
         if not root.is_dir():
             raise FileNotFoundError(f"model path {root} is not a directory")
@@ -299,8 +307,20 @@ class ChatTokenizer:
         template: str | list[dict[str, Any]] | None = config.get("chat_template")
         if chat_template_file is not None:
             template = _read_template_file(Path(chat_template_file))
-        elif (root / "chat_template.jinja").is_file():
-            template = _read_template_file(root / "chat_template.jinja")
+        else:
+            # As transformers: template files beside the config win over its entries; chat_template.jinja
+            # is the default, additional_chat_templates/NAME.jinja the named ones.
+            named = {}
+            extra_dir = root / "additional_chat_templates"
+            if extra_dir.is_dir():
+                for f in sorted(extra_dir.glob("*.jinja")):
+                    named[f.stem] = _read_template_file(f)
+            if (root / "chat_template.jinja").is_file():
+                named["default"] = _read_template_file(root / "chat_template.jinja")
+            if list(named) == ["default"]:
+                template = named["default"]
+            elif named:
+                template = [{"name": k, "template": v} for k, v in named.items()]
         extra_eos: list[int] = []
         gen_file = root / "generation_config.json"
         if gen_file.is_file():
@@ -428,7 +448,9 @@ class ChatTokenizer:
             if not self._byte_level:
                 raise ValueError("token ends from ids need a byte-level tokenizer")
             lead = self._lead = _lead_byte_table(self._tok)
-        ends = list(accumulate(map(lead.__getitem__, ids), initial=start))
+        if len(ids) < 2:
+            return [start + lead[ids[0]]] if ids else []
+        ends = list(accumulate(itemgetter(*ids)(lead), initial=start))
         del ends[0]
         return ends
 
@@ -487,8 +509,11 @@ def _load_tokenizer(path: Path) -> Tokenizer:
         raise ValueError(f"cannot load tokenizer {path}: {e}") from None
 
 
+_LOCATION_SUFFIX = re.compile(r" \(in [^()]*:\d+\)$")
+
+
 def _describe(e: minijinja.TemplateError) -> str:
-    detail = e.detail or e.message
+    detail = _LOCATION_SUFFIX.sub("", e.detail or e.message)
     where = f" (line {e.line})" if e.line else ""
     return f"{e.kind}: {detail}{where}" if e.kind and e.kind != "Unknown" else f"{detail}{where}"
 
@@ -588,22 +613,57 @@ def _parse_tool_call_arguments(calls: Any) -> list[Any] | None:
 
 
 class Prompt:
-    """A tokenized prompt: ``text``, ``ids``, and ``cached_tokens`` (how many ids came from the cache)."""
+    """A tokenized prompt: ``text``, ``ids`` (a list, built on first use), ``cached_tokens`` (how many of
+    the ids came from the cache), ``match`` (the cache lookup, or None). ``ids_json()`` gives the ids as
+    JSON without building the list when they came from the cache (splice it with ``orjson.Fragment``)."""
 
-    __slots__ = ("text", "ids", "cached_tokens", "match")
+    __slots__ = ("text", "cached_tokens", "match", "_rest", "_ids")
 
-    def __init__(self, text: str, ids: list[int], cached_tokens: int = 0, match: Any = None) -> None:
+    def __init__(self, text: str, rest: list[int], cached_tokens: int = 0, match: Any = None) -> None:
         self.text = text
-        self.ids = ids
-        self.cached_tokens = cached_tokens
-        self.match = match  # the PrefixMatch of the lookup (None without one); reused ids come from it
+        self.cached_tokens = cached_tokens  # the first ids are match's first `cached_tokens` ids
+        self.match = match
+        self._rest = rest  # the ids tokenized for the rest of the text
+        self._ids: list[int] | None = None if cached_tokens else rest
+
+    @property
+    def ids(self) -> list[int]:
+        ids = self._ids
+        if ids is None:
+            head = self.match.token_ids
+            k = self.cached_tokens
+            if k < len(head):
+                del head[k:]
+            ids = self._ids = head + self._rest
+        return ids
+
+    @property
+    def token_count(self) -> int:
+        return self.cached_tokens + len(self._rest)
 
     def ids_json(self) -> bytes:
         """The ids as a JSON array (for ``input_ids`` in a request body)."""
-        return orjson.dumps(self.ids)
+        k = self.cached_tokens
+        if self._ids is not None or k != self.match.token_count:
+            return orjson.dumps(self.ids)
+        head = self.match.ids_json()
+        if not self._rest:
+            return head
+        return head[:-1] + b"," + orjson.dumps(self._rest)[1:]
+
+    def _ids_array(self) -> array[int]:
+        if self._ids is not None:
+            return array("I", self._ids)
+        ids = self.match.ids_array()
+        if self.cached_tokens < len(ids):
+            del ids[self.cached_tokens :]
+        ids.extend(self._rest)
+        return ids
 
     def __repr__(self) -> str:
-        return f"Prompt(chars={len(self.text)}, tokens={len(self.ids)}, cached_tokens={self.cached_tokens})"
+        return (
+            f"Prompt(chars={len(self.text)}, tokens={self.token_count}, cached_tokens={self.cached_tokens})"
+        )
 
 
 class PromptBuilder:
@@ -653,7 +713,7 @@ class PromptBuilder:
         n = m.token_count
         if n == 0:
             return Prompt(text, tok.encode(text), 0, m)
-        cached = m.token_ids
+        cached = m.ids_array()
         seam = m.length
         k = n
         seams = self._seams
@@ -667,16 +727,14 @@ class PromptBuilder:
             self.backoffs += 1
             if k == 0:
                 return Prompt(text, tok.encode(text), 0, m)
-            dropped = tok.decode(cached[k:n], skip_special_tokens=False)
+            dropped = tok.decode(cached[k:n].tolist(), skip_special_tokens=False)
             seam -= len(dropped)
             if seam < 0 or not text.startswith(dropped, seam):
                 self.fallbacks += 1
                 return Prompt(text, tok.encode(text), 0, m)
-            del cached[k:]
-        if seam < len(text):
-            cached += tok.encode(text[seam:])
+        rest = tok.encode(text[seam:]) if seam < len(text) else []
         self.reused_tokens += k
-        return Prompt(text, cached, k, m)
+        return Prompt(text, rest, k, m)
 
     # -- record -----------------------------------------------------------------------------------------
 
@@ -699,24 +757,26 @@ class PromptBuilder:
             raise ValueError(f"{len(output_logprobs)} output logprobs for {len(out)} output ids")
         tok = self.tokenizer
         text = prompt.text
-        ids = prompt.ids
-        ends = tok.char_ends(ids) if tok.byte_level else None
-        if ends is None or (ends[-1] if ends else 0) != len(text):
-            # Not byte-level, or the text is not what the ids decode to (e.g. normalized away): no token
-            # data, the worker's affinity only.
+        n_prompt = prompt.token_count
+        if not tok.byte_level:
+            # No offsets from ids: text and the worker's affinity only.
+            cache.insert(text + output_text, [], [], worker=worker)
+            return
+        ids = prompt._ids_array()
+        ends = tok.char_ends(ids)
+        if (ends[-1] if ends else 0) != len(text):
+            # The ids do not spell the text (e.g. the normalizer changed it): affinity only.
             cache.insert(text + output_text, [], [], worker=worker)
             return
         k = prompt.cached_tokens
-        mask: list[int] | None = None
+        # What the cache held for reused tokens is passed on (it keeps its own data for a path it still
+        # holds, this restores it if the path was evicted meanwhile); logprobs only when given for the
+        # output, so that a chat turn does not pay for them.
+        pre_mask = prompt.match.loss_mask[:k] if k else []
+        mask = pre_mask + [0] * (n_prompt - k) if any(pre_mask) else None
         logprobs: list[float] | None = None
-        if k:
-            m = prompt.match
-            pre_mask = m.loss_mask
-            if any(pre_mask[:k]):
-                mask = pre_mask[:k] + [0] * (len(ids) - k)
-            pre_lp = m.logprobs
-            if any(pre_lp[:k]):
-                logprobs = pre_lp[:k] + [0.0] * (len(ids) - k)
+        if output_logprobs is not None:
+            logprobs = (prompt.match.logprobs[:k] if k and mask else [0.0] * k) + [0.0] * (n_prompt - k)
 
         out_text = self._output_text(output_text, out, finish_reason)
         out_ends = tok.char_ends(out, len(text)) if out_text is not None else None
@@ -728,15 +788,16 @@ class PromptBuilder:
         ):
             self.recorded_outputs += 1
             text += out_text
-            ids = ids + out
+            ids.extend(out)
             ends += out_ends
-            mask = (mask or [0] * len(prompt.ids)) + [1] * len(out)
-            if output_logprobs is not None or logprobs is not None:
-                logprobs = (logprobs or [0.0] * len(prompt.ids)) + (
-                    [float(x) for x in output_logprobs] if output_logprobs is not None else [0.0] * len(out)
-                )
-        elif out:
-            self.rejected_outputs += 1
+            mask = (mask or [0] * n_prompt) + [1] * len(out)
+            if logprobs is not None and output_logprobs is not None:
+                logprobs += [float(x) for x in output_logprobs]
+        else:
+            if out:
+                self.rejected_outputs += 1
+            if logprobs is not None and not any(logprobs):
+                logprobs = None
         if ids:
             cache.insert(text, ids, ends, logprobs=logprobs, loss_mask=mask, worker=worker)
 
@@ -747,11 +808,10 @@ class PromptBuilder:
             return None
         if isinstance(finish_reason, Mapping) and isinstance(finish_reason.get("matched"), str):
             return None  # a stop string was trimmed from the text but not from the ids
+        decode = self.tokenizer.decode
         eos = self._stop_text.get(out[-1])
-        if eos is not None and not output_text.endswith(eos):
-            body, suffix = out[:-1], eos
-        else:
-            body, suffix = out, ""
-        if self.tokenizer.decode(body, skip_special_tokens=False) != output_text:
-            return None
-        return output_text + suffix
+        if eos is not None and decode(out[:-1], skip_special_tokens=False) == output_text:
+            return output_text + eos  # the worker trimmed the stop token from the text
+        if decode(out, skip_special_tokens=False) == output_text:
+            return output_text
+        return None

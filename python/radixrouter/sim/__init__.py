@@ -46,7 +46,7 @@ SGLang endpoints
   (streaming or not) does the same.
 - `GET /health`, `/ready` (503 when made unhealthy), `GET /health_generate` (waits for a running slot),
   `GET /model_info` = `/get_model_info`, `GET /server_info` = `/get_server_info` (server args incl.
-  `served_model_name`, `version`), `GET|POST /flush_cache` (400 while requests run), `GET /get_load`
+  `served_model_name`, `version`, `pid`), `GET|POST /flush_cache` (400 while requests run), `GET /get_load`
   (`[{"dp_rank":0,"num_reqs","num_waiting_reqs","num_tokens"}]`), `GET /metrics` (a few `sglang:` gauges).
 - OpenAI-compatible `POST /v1/chat/completions` (rendered with the tokenizer's chat template; `tools`,
   `chat_template_kwargs`, `continue_final_message`), `POST /v1/completions`, `GET /v1/models[/{id}]`;

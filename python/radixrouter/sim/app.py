@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -377,6 +378,7 @@ class SimApp:
                 "dp_size": 1,
                 "tp_size": 1,
                 "simulated": True,
+                "pid": os.getpid(),  # lets a launcher check that it reached its own process
                 "version": SIM_VERSION,
                 "internal_states": [{"load": eng.running + len(eng.waiting), "last_gen_throughput": 0.0}],
             }

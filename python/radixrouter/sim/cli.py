@@ -9,6 +9,7 @@ import signal
 import sys
 
 from .engine import SimConfig
+from .tokenizer import SimTokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,16 +96,17 @@ def config_from_args(argv: list[str]) -> SimConfig:
     return SimConfig(**{k: v for k, v in vars(a).items()})
 
 
-async def serve(cfg: SimConfig, *, ready: asyncio.Event | None = None) -> None:
+async def serve(cfg: SimConfig, tok: SimTokenizer | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or cancellation). One process, the app object in this event loop."""
     from granian.constants import Interfaces
     from granian.log import LogLevels
     from granian.server.embed import Server
 
     from .app import SimApp
-    from .tokenizer import SimTokenizer, describe
+    from .tokenizer import describe
 
-    tok = SimTokenizer.load(model_path=cfg.model_path, tokenizer=cfg.tokenizer)
+    if tok is None:
+        tok = SimTokenizer.load(model_path=cfg.model_path, tokenizer=cfg.tokenizer)
     app = SimApp(cfg, tok)
     server = Server(
         app,
@@ -135,9 +137,17 @@ def main(argv: list[str]) -> int:
         logging.ERROR if cfg.log_level == "warning" else cfg.log_level.upper()
     )
     try:
-        asyncio.run(serve(cfg))
+        tok = SimTokenizer.load(model_path=cfg.model_path, tokenizer=cfg.tokenizer)
+    except (OSError, ValueError) as e:
+        print(f"radixrouter sim-worker: error: cannot load the tokenizer: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(cfg, tok))
     except KeyboardInterrupt:  # pragma: no cover
         pass
+    except OSError as e:  # e.g. the port is taken
+        print(f"radixrouter sim-worker: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
