@@ -1126,7 +1126,9 @@ class App:
                         if not ch.emitted and ch.finish == "abort":
                             raise abort_error(ch.abort)
                         ch.emitted = True
-                        queue.put_nowait((ch, delta, w))
+                        # finish and logprob count as of this event: later events may already be applied
+                        # to `ch` when the merging loop gets to this one
+                        queue.put_nowait((ch, delta, w, ch.finish, len(ch.lps)))
                         if ch.finish is not None:
                             done = True
                             break
@@ -1180,7 +1182,7 @@ class App:
                                 await self._emit(ex, out, True, worker_of)
                             raise exc
                         continue
-                    ch, delta, w = it
+                    ch, delta, w, fin, nlp = it
                     i = ch.index
                     if i not in choices:
                         choices[i] = ch
@@ -1192,12 +1194,13 @@ class App:
                             out.append(frames.frame(i, echo_texts[i // p.n]))
                     proc = procs.get(i)
                     lp = _NULL
-                    if p.logprobs and len(ch.lps) > ch.lp_sent:
+                    if p.logprobs and nlp > ch.lp_sent:
                         if chat:
-                            lp = _dumps({"content": chat_logprobs(ch.logprob_meta(), ch.lp_sent, p.top_logprobs)})
+                            lp = _dumps({"content": chat_logprobs(ch.logprob_meta(), ch.lp_sent, p.top_logprobs,
+                                                                  nlp)})
                         else:
-                            lp = _dumps(completion_logprobs(ch.logprob_meta(), ch.lp_sent, p.top_logprobs, 0))
-                        ch.lp_sent = len(ch.lps)
+                            lp = _dumps(completion_logprobs(ch.logprob_meta(), ch.lp_sent, p.top_logprobs, 0, nlp))
+                        ch.lp_sent = nlp
                     if chat:
                         if proc is not None:
                             for d in proc.feed(delta) if delta else ():
@@ -1206,8 +1209,8 @@ class App:
                             out.append(frames.frame(i, b'{"content":%s}' % _dumps(delta), _NULL, lp))
                     elif delta or lp is not _NULL:
                         out.append(frames.frame(i, delta, _NULL, lp))
-                    if ch.finish is not None:
-                        fr = ch.finish
+                    if fin is not None:
+                        fr = fin
                         if chat:
                             if proc is not None:
                                 for d in proc.finish():
