@@ -732,3 +732,33 @@ def test_reasoning_parser_flag(sims):
         assert "".join(d.get("content") or "" for d in deltas) == "The answer."
     r = _serve("--tool-call-parser", "nope")
     assert r.returncode == 2 and "nope" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", dict(CHAT, stream=True, n=3, max_tokens=20, logprobs=True)),
+    ("/v1/completions", {"model": MODEL, "prompt": ["a b c", "d e f"], "n": 2, "max_tokens": 20, "stream": True,
+                         "logprobs": 1}),
+], ids=["chat-n3", "completions-2x2"])
+def test_merged_streams_keep_each_choice_in_order(router, path, body):
+    """Several choices in one stream: per index, deltas (and their logprobs) come before exactly one finish."""
+    raw = post(router.url + path, body).content
+    chunks = check_stream_bytes(raw)
+    n = 3 if "messages" in body else 4
+    finished: dict[int, int] = {}
+    texts: dict[int, str] = {}
+    lp_tokens: dict[int, str] = {}
+    for c in chunks:
+        for ch in c["choices"]:
+            i = ch["index"]
+            piece = ch["delta"].get("content") if "delta" in ch else ch["text"]
+            assert i not in finished, f"choice {i} got output after its finish_reason"
+            texts[i] = texts.get(i, "") + (piece or "")
+            lp = ch.get("logprobs")
+            if lp:
+                toks = [e["token"] for e in lp["content"]] if "content" in lp else lp["tokens"]
+                lp_tokens[i] = lp_tokens.get(i, "") + "".join(toks)
+            if ch["finish_reason"] is not None:
+                finished[i] = 1
+    assert sorted(finished) == list(range(n))
+    for i in range(n):
+        assert lp_tokens[i] == texts[i]  # logprob tokens travel with their text

@@ -314,8 +314,16 @@ class App:
             config.worker_urls, self.policy,
             failure_threshold=config.health_failure_threshold, success_threshold=config.health_success_threshold,
         )
+        # relayed models (OpenAI-compatible upstreams, other SGLang models): radixrouter.relay
+        from radixrouter.models_config import build_models
+        from radixrouter.relay import Relay
+
+        native_extra, relayed = build_models(config)
+        for url in native_extra:
+            self.pool.add(url)
+        self.relay = Relay(self, relayed)
         self.metrics = Metrics()
-        self.metrics.attach_state(self.pool.list, self._cache_stats)
+        self.metrics.attach_state(lambda: self.pool.list() + self.relay.workers(), self._cache_stats)
         self.upstream: Upstream | None = None
         self._health_task: asyncio.Task | None = None
         self._started = False
@@ -402,6 +410,7 @@ class App:
         ws = self.pool.list()
         if ws:
             await asyncio.gather(*(self._probe(w) for w in ws))
+        await self.relay.probe_all()
 
     async def _health_loop(self) -> None:
         while True:
@@ -570,16 +579,23 @@ class App:
         return asyncio.get_running_loop().create_task(watcher())
 
     # ------------------------------------------------------------------ the upstream call with retries
-    async def _call(self, ex: Exchange, ctx: RouteContext, path: str, body: bytes, rid: str, consume) -> Any:
+    async def _call(self, ex: Exchange, ctx: RouteContext, path: str, body: bytes, rid: str, consume, *,
+                    pool: WorkerPool | None = None, prepare: Callable | None = None,
+                    error: Callable | None = None) -> Any:
         """POST `body` to a worker chosen by the policy and hand the 200 response to `consume(worker, resp)`.
 
         Before anything reached the client, a transport error, timeout, 429 or 5xx (or an UpstreamFailure
         raised by `consume` with retryable=True) moves the request to another worker, at most
         `max_retries` times with jittered backoff. A worker's 4xx goes back to the client and never counts
         against the worker.
+
+        Relayed models (radixrouter.relay) pass their own `pool`, `prepare(worker) -> (url, body, headers)`
+        (model name and key per upstream) and `error(status, body) -> ApiError`; `openai` upstreams get no
+        /abort_request (closing the connection is the abort).
         """
         cfg = self.config
-        pool = self.pool
+        if pool is None:
+            pool = self.pool
         upstream = self.upstream
         assert upstream is not None
         tried: set[Worker] = set()
@@ -600,7 +616,11 @@ class App:
             ok = False
             try:
                 try:
-                    resp = await upstream.post(w.url + path, body)
+                    if prepare is None:
+                        resp = await upstream.post(w.url + path, body)
+                    else:
+                        url, wbody, wheaders = prepare(w)
+                        resp = await upstream.post(url, wbody, wheaders)
                     status = resp.status
                     if status != 200:
                         data = await resp.read()
@@ -609,7 +629,7 @@ class App:
                     last = ApiError(502, f"worker {w.url} failed: {e.__class__.__name__}: {e}", code="upstream_error")
                     continue
                 if status != 200:
-                    err = _worker_error(status, data, w.url)
+                    err = _worker_error(status, data, w.url) if error is None else error(status, data)
                     if status == 429 or status >= 500:
                         if status >= 500:
                             pool.report_failure(w)
@@ -620,7 +640,8 @@ class App:
                     result = await consume(w, resp)
                 except UpstreamFailure as f:
                     pool.report_failure(w)
-                    upstream.abort(w.url, rid)
+                    if w.kind != "openai":
+                        upstream.abort(w.url, rid)
                     if not f.retryable:
                         raise f.error from None
                     last = f.error
@@ -630,7 +651,8 @@ class App:
                 return result
             except asyncio.CancelledError:
                 # the client left (or a sibling choice failed): stop the work on the worker at once
-                upstream.abort(w.url, rid)
+                if w.kind != "openai":
+                    upstream.abort(w.url, rid)
                 self.metrics.abort()
                 raise
             finally:
@@ -785,6 +807,9 @@ class App:
     # ------------------------------------------------------------------ /v1/chat/completions
     async def chat_completions(self, ex: Exchange) -> int:
         req = await self._json_body(ex)
+        relayed = self.relay.route(req, self.model_name, self._native_served())
+        if relayed is not None:
+            return await self.relay.handle(ex, req, relayed, "chat")
         creq = parse_chat(req, self.model_name)
         if self.tokenizer is None or not self.tokenizer.has_chat_template:
             return await self._relay_chat(ex, req, creq)  # the worker applies its own template
@@ -1101,7 +1126,9 @@ class App:
                         if not ch.emitted and ch.finish == "abort":
                             raise abort_error(ch.abort)
                         ch.emitted = True
-                        queue.put_nowait((ch, delta, w))
+                        # finish and logprob count as of this event: later events may already be applied
+                        # to `ch` when the merging loop gets to this one
+                        queue.put_nowait((ch, delta, w, ch.finish, len(ch.lps)))
                         if ch.finish is not None:
                             done = True
                             break
@@ -1155,7 +1182,7 @@ class App:
                                 await self._emit(ex, out, True, worker_of)
                             raise exc
                         continue
-                    ch, delta, w = it
+                    ch, delta, w, fin, nlp = it
                     i = ch.index
                     if i not in choices:
                         choices[i] = ch
@@ -1167,12 +1194,13 @@ class App:
                             out.append(frames.frame(i, echo_texts[i // p.n]))
                     proc = procs.get(i)
                     lp = _NULL
-                    if p.logprobs and len(ch.lps) > ch.lp_sent:
+                    if p.logprobs and nlp > ch.lp_sent:
                         if chat:
-                            lp = _dumps({"content": chat_logprobs(ch.logprob_meta(), ch.lp_sent, p.top_logprobs)})
+                            lp = _dumps({"content": chat_logprobs(ch.logprob_meta(), ch.lp_sent, p.top_logprobs,
+                                                                  nlp)})
                         else:
-                            lp = _dumps(completion_logprobs(ch.logprob_meta(), ch.lp_sent, p.top_logprobs, 0))
-                        ch.lp_sent = len(ch.lps)
+                            lp = _dumps(completion_logprobs(ch.logprob_meta(), ch.lp_sent, p.top_logprobs, 0, nlp))
+                        ch.lp_sent = nlp
                     if chat:
                         if proc is not None:
                             for d in proc.feed(delta) if delta else ():
@@ -1181,8 +1209,8 @@ class App:
                             out.append(frames.frame(i, b'{"content":%s}' % _dumps(delta), _NULL, lp))
                     elif delta or lp is not _NULL:
                         out.append(frames.frame(i, delta, _NULL, lp))
-                    if ch.finish is not None:
-                        fr = ch.finish
+                    if fin is not None:
+                        fr = fin
                         if chat:
                             if proc is not None:
                                 for d in proc.finish():
@@ -1236,6 +1264,9 @@ class App:
     # ------------------------------------------------------------------ /v1/completions
     async def completions(self, ex: Exchange) -> int:
         req = await self._json_body(ex)
+        relayed = self.relay.route(req, self.model_name, self._native_served())
+        if relayed is not None:
+            return await self.relay.handle(ex, req, relayed, "completions")
         creq = parse_completion(req, self.model_name)
         p = creq.params
         prompts = []  # (prompt object, text, ids, ctx)
@@ -1536,15 +1567,23 @@ class App:
             "workers": [{"url": w.url, "healthy": w.healthy, "in_flight": w.in_flight} for w in self.pool.list()],
         })
 
+    def _native_served(self) -> bool:
+        """Whether the native model (SGLang workers, `model_name`) is configured at all."""
+        cfg = self.config
+        return bool(self.pool.workers or cfg.model_path or cfg.tokenizer or cfg.served_model_name
+                    or not (self.relay.models or self.relay.passthrough))
+
     async def models(self, ex: Exchange) -> int:
+        ids = [self.model_name] if self._native_served() else []
+        ids += [i for i in await self.relay.model_ids() if i not in ids]
         return await self._send_json(ex, {"object": "list", "data": [
-            {"id": self.model_name, "object": "model", "created": 0, "owned_by": "radixrouter"}]})
+            {"id": i, "object": "model", "created": 0, "owned_by": "radixrouter"} for i in ids]})
 
     async def health(self, ex: Exchange) -> int:
         return await self._send_json(ex, b'{"status":"ok"}')
 
     async def readiness(self, ex: Exchange) -> int:
-        healthy = sum(1 for w in self.pool.list() if w.healthy)
+        healthy = sum(1 for w in self.pool.list() if w.healthy) + sum(1 for w in self.relay.workers() if w.healthy)
         if healthy:
             return await self._send_json(ex, {"status": "ready", "healthy_workers": healthy})
         return await self._send_json(ex, {"status": "not ready", "healthy_workers": 0}, status=503)

@@ -20,6 +20,10 @@ class Config:
     worker_urls: list[str] = field(default_factory=list)
     policy: str = "cache_aware"
     worker_stream_mode: str = "auto"  # how workers stream /generate: cumulative (SGLang default) or incremental
+    # OpenAI-compatible upstreams and other models (radixrouter.models_config, radixrouter.relay)
+    openai_urls: list[str] = field(default_factory=list)  # "[NAME=]URL"; without NAME: passthrough
+    openai_api_key_env: str | None = None  # the variable holding the key for --openai-url upstreams
+    config_file: str | None = None  # TOML / YAML: models, their upstreams, kinds, weights, key variables
 
     # model, tokenizer, template (no tokenizer -> text mode)
     model_path: str | None = None

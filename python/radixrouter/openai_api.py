@@ -439,12 +439,12 @@ def _lp_entry(item: list) -> dict:
     return {"token": text, "logprob": lp if lp is not None else 0.0, "bytes": list(text.encode())}
 
 
-def chat_logprobs(meta: dict, start: int, top: int) -> list[dict]:
-    """OpenAI ``logprobs.content`` entries for output tokens ``start:`` of cumulative meta_info."""
+def chat_logprobs(meta: dict, start: int, top: int, end: int | None = None) -> list[dict]:
+    """OpenAI ``logprobs.content`` entries for output tokens ``start:end`` of cumulative meta_info."""
     toks = meta.get("output_token_logprobs") or []
     tops = meta.get("output_top_logprobs") or []
     out = []
-    for i in range(start, len(toks)):
+    for i in range(start, len(toks) if end is None else min(end, len(toks))):
         e = _lp_entry(toks[i])
         if top:
             alts = tops[i] if i < len(tops) and tops[i] else []
@@ -455,13 +455,13 @@ def chat_logprobs(meta: dict, start: int, top: int) -> list[dict]:
     return out
 
 
-def completion_logprobs(meta: dict, start: int, top: int, text_offset: int) -> dict:
-    """Legacy /v1/completions logprobs for output tokens ``start:``."""
+def completion_logprobs(meta: dict, start: int, top: int, text_offset: int, end: int | None = None) -> dict:
+    """Legacy /v1/completions logprobs for output tokens ``start:end``."""
     toks = meta.get("output_token_logprobs") or []
     tops = meta.get("output_top_logprobs") or []
     tokens, lps, top_out, offsets = [], [], [], []
     off = text_offset
-    for i in range(start, len(toks)):
+    for i in range(start, len(toks) if end is None else min(end, len(toks))):
         item = toks[i]
         text = (item[2] if len(item) > 2 else None) or ""
         tokens.append(text)

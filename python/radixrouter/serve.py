@@ -49,6 +49,12 @@ _FLAGS: list[tuple[str, object, str, dict]] = [
     ("--log-level", str, "log level", {"choices": ["debug", "info", "warning", "error", "critical"]}),
     ("--worker-url", str, "an SGLang worker, http://host:port (repeatable; env: comma separated)",
      {"action": "append", "dest": "worker_urls"}),
+    ("--openai-url", str, "an OpenAI-compatible upstream, [MODEL=]BASE_URL (repeatable; env: comma separated); "
+     "without MODEL= every model name not served otherwise goes there unchanged",
+     {"action": "append", "dest": "openai_urls"}),
+    ("--openai-api-key-env", str, "NAME of the environment variable holding the --openai-url key", {}),
+    ("--config", str, "TOML (or YAML) file: models, their upstreams (sglang / openai), weights, key variables, "
+     "upstream model names", {"dest": "config_file"}),
     ("--policy", str, "routing policy", {"choices": list(POLICIES)}),
     ("--worker-stream-mode", str, "how workers stream /generate", {"choices": list(STREAM_MODES)}),
     ("--model-path", str, "folder with tokenizer.json and tokenizer_config.json (chat template)", {}),
@@ -103,7 +109,7 @@ def _from_env(p: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
         if raw is None or raw == "":
             continue
         try:
-            if action.dest == "worker_urls":
+            if action.dest in ("worker_urls", "openai_urls"):
                 value = [u for u in raw.replace(",", " ").split() if u]
             else:
                 value = action.type(raw) if action.type else raw
@@ -136,6 +142,12 @@ def parse_config(argv: list[str]) -> Config:
 
             normalize_reasoning_format(cfg.reasoning_parser)
     except ValueError as e:
+        raise _UsageError(str(e)) from None
+    from radixrouter.models_config import ModelConfigError, build_models
+
+    try:
+        build_models(cfg)  # a bad --openai-url / --config / missing key variable: one line at startup
+    except ModelConfigError as e:
         raise _UsageError(str(e)) from None
     if not 1 <= cfg.port <= 65535:
         raise _UsageError(f"--port {cfg.port} is not a TCP port")
@@ -197,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from granian.server import Server
 
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not cfg.worker_urls:
+    if not cfg.worker_urls and not cfg.openai_urls and not cfg.config_file:
         logging.getLogger("radixrouter").warning("no --worker-url given; add workers with POST /add_worker")
     if cfg.workers > 1:
         logging.getLogger("radixrouter").warning(

@@ -1,0 +1,418 @@
+"""Relay of OpenAI requests to OpenAI-compatible upstreams (vLLM, SGLang's OpenAI server, OpenAI, one-api...).
+
+The models come from :mod:`radixrouter.models_config`. Each relayed model has its own
+:class:`~radixrouter.workers.WorkerPool` (one ``Worker`` per upstream, ``kind`` ``openai`` or ``sglang``)
+and goes through the router's own upstream call (``App._call``): the same policy choice, retries before the
+first byte (transport errors, timeouts, 429, 5xx; an upstream's 4xx goes back to the client and never
+counts against it), health bookkeeping, first-token timeout with ``: keep-alive`` frames, and disconnect
+handling (the upstream connection is closed, which is how an OpenAI-compatible server learns to stop;
+``sglang`` upstreams also get ``POST /abort_request``).
+
+Per request:
+- the body is the client's JSON with ``model`` replaced by the upstream's name for it; every other field,
+  known or not, goes through untouched (only the JSON bytes are re-serialized);
+- headers are built from scratch: ``Content-Type``, ``Accept-Encoding: identity`` and the upstream's own
+  ``Authorization: Bearer <key>`` from its key variable; the client's ``Authorization`` is never forwarded
+  (tracing headers ``x-request-id``, ``traceparent``, ``tracestate`` are);
+- a stream is decoded leniently with the Rust decoder (``data:`` with or without the space, CRLF / CR,
+  comments, multi-line data, ``event:`` / ``id:`` lines) and each event's data re-encoded strictly
+  (``data: <json>\\n\\n``), the usage chunk with empty ``choices`` included, ``data: [DONE]`` last. An
+  upstream ``{"error": ...}`` event, or a stream that ends without ``[DONE]``, becomes an error (retried if
+  nothing reached the client yet, else one error frame and no ``[DONE]``);
+- a non-streaming answer is relayed with its status, body and the headers worth keeping (request id,
+  rate-limit headers, processing time); upstream errors keep their message, type, param and code in
+  OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from radixrouter import SseDecoder, encode_event
+from radixrouter.models_config import ModelSpec
+from radixrouter.openai_api import ApiError, bad
+from radixrouter.upstream import TRANSPORT_ERRORS
+from radixrouter.workers import RouteContext, Worker, WorkerPool, make_policy
+
+log = logging.getLogger("radixrouter.relay")
+
+_loads = orjson.loads
+_dumps = orjson.dumps
+_DONE = encode_event(b"[DONE]")
+_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+_FORWARD_REQUEST = (b"x-request-id", b"traceparent", b"tracestate")
+_KEEP_RESPONSE = ("x-request-id", "openai-processing-ms", "openai-version", "retry-after")
+_PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+
+
+class Weighted:
+    """Smooth weighted round robin (nginx's): over any window each upstream gets its weight's share, spread
+    evenly; unhealthy or already-tried upstreams are simply not among the candidates."""
+
+    name = "weighted"
+
+    def __init__(self) -> None:
+        self._current: dict[int, float] = {}
+
+    def choose(self, candidates: list[Worker], ctx: RouteContext) -> Worker:
+        cur = self._current
+        total = 0.0
+        best = None
+        best_v = 0.0
+        for w in candidates:
+            weight = w.extra.get("weight", 1.0)
+            total += weight
+            v = cur.get(id(w), 0.0) + weight
+            cur[id(w)] = v
+            if best is None or v > best_v:
+                best, best_v = w, v
+        assert best is not None
+        cur[id(best)] = best_v - total
+        return best
+
+
+class RelayModel:
+    __slots__ = ("name", "pool", "passthrough")
+
+    def __init__(self, name: str, pool: WorkerPool, passthrough: bool):
+        self.name = name
+        self.pool = pool
+        self.passthrough = passthrough
+
+
+def _relay_error(status: int, data: bytes) -> ApiError:
+    """An OpenAI error from an upstream's error body (OpenAI's nested shape, SGLang's / vLLM's flat one, or text)."""
+    msg = typ = param = code = None
+    try:
+        obj = _loads(data)
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, dict):
+        err = obj.get("error")
+        src = err if isinstance(err, dict) else obj
+        msg = src.get("message") if isinstance(src.get("message"), str) else (err if isinstance(err, str) else None)
+        if msg is None and isinstance(obj.get("detail"), str):
+            msg = obj["detail"]
+        typ = src.get("type") if isinstance(src.get("type"), str) else None
+        param = src.get("param") if isinstance(src.get("param"), str) else None
+        c = src.get("code")
+        code = c if isinstance(c, str) else None
+    elif data:
+        msg = data[:500].decode("utf-8", "replace").strip() or None
+    return ApiError(status, msg or f"upstream answered HTTP {status}", type=typ, param=param, code=code)
+
+
+class Relay:
+    """The relayed models of one App (see the module docstring)."""
+
+    def __init__(self, app: Any, specs: list[ModelSpec]):
+        self.app = app
+        self.models: dict[str, RelayModel] = {}
+        self.passthrough: RelayModel | None = None
+        cfg = app.config
+        for spec in specs:
+            weighted = len({u.weight for u in spec.upstreams}) > 1
+            if weighted:
+                policy: Any = Weighted()
+            elif cfg.policy == "cache_aware":
+                policy = make_policy("cache_aware", app.cache, threshold=cfg.cache_threshold,
+                                     balance_abs=cfg.balance_abs_threshold, balance_rel=cfg.balance_rel_threshold)
+            else:
+                policy = make_policy(cfg.policy)
+            pool = WorkerPool([], policy, failure_threshold=cfg.health_failure_threshold,
+                              success_threshold=cfg.health_success_threshold)
+            for u in spec.upstreams:
+                ident = u.url
+                n = 1
+                while ident in pool.workers:
+                    n += 1
+                    ident = f"{u.url}#{n}"  # the same URL with another key or model name
+                w = pool.add(ident, kind=u.kind)
+                key = u.api_key()
+                headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+                if key:
+                    headers["Authorization"] = "Bearer " + key
+                w.extra.update(root=u.url, base=u.base_url(), headers=headers, model=u.model, weight=u.weight)
+            m = RelayModel(spec.name, pool, spec.passthrough)
+            if spec.passthrough:
+                self.passthrough = m
+            else:
+                self.models[spec.name] = m
+        self._listed: tuple[float, list[str]] = (0.0, [])
+
+    # ------------------------------------------------------------------ lookup
+    def route(self, req: Any, native: str, native_served: bool) -> RelayModel | None:
+        """The relayed model for a request body, or None (the native path answers, or 404s)."""
+        if not isinstance(req, dict):
+            return None
+        model = req.get("model")
+        if not isinstance(model, str):
+            return None
+        m = self.models.get(model)
+        if m is not None:
+            return m
+        if self.passthrough is not None and (model != native or not native_served):
+            return self.passthrough
+        return None
+
+    def workers(self) -> list[Worker]:
+        out = []
+        for m in self.all_models():
+            out += m.pool.list()
+        return out
+
+    def all_models(self) -> list[RelayModel]:
+        ms = list(self.models.values())
+        if self.passthrough is not None:
+            ms.append(self.passthrough)
+        return ms
+
+    # ------------------------------------------------------------------ health
+    async def probe(self, w: Worker, pool: WorkerPool) -> None:
+        """sglang: GET /health; openai: GET {base}/models with the upstream's key."""
+        app = self.app
+        x = w.extra
+        if w.kind == "sglang":
+            url, headers = x["root"] + "/health", None
+        else:
+            url, headers = x["base"] + "/models", {k: v for k, v in x["headers"].items() if k == "Authorization"}
+        try:
+            resp = await app.upstream.http.request("GET", url, headers=headers,
+                                                   timeout=app.config.health_check_timeout)
+            try:
+                await resp.read()
+                ok = resp.status == 200
+            finally:
+                resp.release()
+        except TRANSPORT_ERRORS:
+            ok = False
+        if ok:
+            pool.report_success(w)
+        else:
+            if not w.healthy:
+                w.consecutive_successes = 0
+            pool.report_failure(w)
+
+    async def probe_all(self) -> None:
+        jobs = [self.probe(w, m.pool) for m in self.all_models() for w in m.pool.list()]
+        if jobs:
+            await asyncio.gather(*jobs)
+
+    # ------------------------------------------------------------------ /v1/models
+    async def model_ids(self) -> list[str]:
+        ids = list(self.models)
+        p = self.passthrough
+        if p is None:
+            return ids
+        now = time.monotonic()
+        at, listed = self._listed
+        if now - at > 30.0:
+            listed = await self._fetch_models(p) or listed
+            self._listed = (now, listed)
+        return ids + [i for i in listed if i not in self.models]
+
+    async def _fetch_models(self, m: RelayModel) -> list[str]:
+        """The ids a passthrough upstream lists (first healthy one that answers)."""
+        for w in sorted(m.pool.list(), key=lambda w: not w.healthy):
+            if w.kind == "sglang":
+                url = w.extra["base"] + "/models"
+            else:
+                url = w.extra["base"] + "/models"
+            headers = {k: v for k, v in w.extra["headers"].items() if k == "Authorization"}
+            try:
+                resp = await self.app.upstream.http.request("GET", url, headers=headers, timeout=5.0)
+                try:
+                    data = await resp.read()
+                finally:
+                    resp.release()
+                if resp.status != 200:
+                    continue
+                items = _loads(data).get("data")
+                return [d["id"] for d in items if isinstance(d, dict) and isinstance(d.get("id"), str)]
+            except (TRANSPORT_ERRORS + (orjson.JSONDecodeError, AttributeError, TypeError)):
+                continue
+        return []
+
+    # ------------------------------------------------------------------ the relay itself
+    async def handle(self, ex: Any, req: dict, model: RelayModel, endpoint: str) -> int:
+        app = self.app
+        client_model = req["model"]
+        stream = req.get("stream", False)
+        if not isinstance(stream, bool):
+            raise bad("'stream' must be a boolean", "stream")
+        if endpoint == "chat":
+            msgs = req.get("messages")
+            if not isinstance(msgs, list) or not msgs:
+                raise bad("'messages' must be a non-empty array", "messages")
+            key = "\n".join(m["content"] for m in msgs if isinstance(m, dict) and isinstance(m.get("content"), str))
+        else:
+            prompt = req.get("prompt")
+            if prompt is None:
+                raise bad("'prompt' is required", "prompt")
+            key = prompt if isinstance(prompt, str) else ""
+        so = req.get("stream_options")
+        if so is not None and not isinstance(so, dict):
+            raise bad("'stream_options' must be an object", "stream_options")
+        from radixrouter.app import new_id  # noqa: PLC0415 - app imports this module
+
+        rid = req.get("rid") if isinstance(req.get("rid"), str) else new_id()
+        had_rid = "rid" in req
+        path = _PATHS[endpoint]
+        fwd = {}
+        for k, v in ex.scope["headers"]:
+            if k in _FORWARD_REQUEST:
+                fwd[k.decode("latin-1")] = v.decode("latin-1")
+
+        def prepare(w: Worker) -> tuple[str, bytes, dict]:
+            x = w.extra
+            req["model"] = x["model"] or client_model
+            if w.kind == "sglang":
+                req["rid"] = rid  # so /abort_request can name it
+            elif not had_rid:
+                req.pop("rid", None)
+            headers = x["headers"]
+            if fwd:
+                headers = dict(headers, **fwd)
+            return x["base"] + path, _dumps(req), headers
+
+        ctx = RouteContext(text=key)
+        stats: list = [None, None, 0, (0, 0, 0)]
+        consume = self._consume_stream(ex, stats) if stream else self._consume_full
+        watcher = app._watch(ex)
+        try:
+            result = await app._call(ex, ctx, path, b"", rid, consume, pool=model.pool, prepare=prepare,
+                                     error=_relay_error)
+        finally:
+            watcher.cancel()
+        w = result[0]
+        if app.cache is not None and key:
+            try:
+                app.cache.insert(key, [], [], worker=w.url)
+            except Exception:  # noqa: BLE001 - affinity is an optimization
+                log.exception("recording upstream affinity failed")
+        route = "chat" if endpoint == "chat" else "completions"
+        if stream:
+            app._observe(route, ex, stats[0], stats[1], stats[2], stats[3])
+            return 200
+        _w, headers, data = result
+        app._observe(route, ex, None, None, 0, _usage(data))
+        ex.started = True
+        await ex.send({"type": "http.response.start", "status": 200, "headers": headers})
+        await ex.send({"type": "http.response.body", "body": data, "more_body": False})
+        return 200
+
+    @staticmethod
+    def _response_headers(w: Worker, resp: Any, content_type: bytes | None) -> list[tuple[bytes, bytes]]:
+        out = []
+        if content_type is not None:
+            out.append((b"content-type", content_type))
+        for k, v in resp.headers.items():
+            k = k.lower()
+            if k in _KEEP_RESPONSE or k.startswith("x-ratelimit-"):
+                out.append((k.encode("latin-1"), v.encode("latin-1")))
+        out.append((b"x-radixrouter-worker", w.url.encode()))
+        return out
+
+    async def _consume_full(self, w: Worker, resp: Any):
+        from radixrouter.app import UpstreamFailure  # noqa: PLC0415
+
+        try:
+            data = await resp.read()
+        except TRANSPORT_ERRORS as e:
+            raise UpstreamFailure(ApiError(502, f"upstream {w.url} failed: {e.__class__.__name__}",
+                                           code="upstream_error"), True) from None
+        ct = resp.headers.get("content-type") or resp.headers.get("Content-Type") or "application/json"
+        return w, self._response_headers(w, resp, ct.encode("latin-1")), data
+
+    def _consume_stream(self, ex: Any, stats: list):
+        from radixrouter.app import UpstreamFailure  # noqa: PLC0415
+
+        app = self.app
+
+        async def consume(w: Worker, resp: Any):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + app.config.first_token_timeout
+            content = resp.content
+            dec = SseDecoder()
+            send = ex.send
+            emitted = False
+            while True:
+                try:
+                    chunk = await (content.readany() if emitted else app._next_chunk(ex, w, content, deadline, True))
+                except TRANSPORT_ERRORS as e:
+                    raise UpstreamFailure(ApiError(502, f"upstream {w.url} connection failed: "
+                                                   f"{e.__class__.__name__}", code="upstream_error"),
+                                          not emitted) from None
+                if not chunk:
+                    raise UpstreamFailure(ApiError(502, f"upstream {w.url} ended the stream without [DONE]",
+                                                   code="upstream_error"), not emitted)
+                out = []
+                done = False
+                for ev in dec.feed(chunk):
+                    data = ev.data
+                    if not data:
+                        continue
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    if '"error"' in data[:16] or '"usage":{' in data:
+                        try:
+                            obj = _loads(data)
+                        except orjson.JSONDecodeError:
+                            obj = None
+                        if isinstance(obj, dict):
+                            if obj.get("error"):
+                                if out:
+                                    await self._send(ex, w, resp, out, True)
+                                err = _relay_error(502, data.encode())
+                                err.message = f"upstream error: {err.message}"
+                                raise UpstreamFailure(err, not (emitted or out))
+                            u = obj.get("usage")
+                            if isinstance(u, dict):
+                                stats[3] = _usage_tuple(u)
+                    out.append(encode_event(data))
+                if out or done:
+                    now = time.perf_counter()
+                    if stats[0] is None:
+                        stats[0] = now
+                    stats[1] = now
+                    stats[2] += 1
+                if done:
+                    out.append(_DONE)
+                    await self._send(ex, w, resp, out, False)
+                    return (w,)
+                if out:
+                    emitted = True
+                    await self._send(ex, w, resp, out, True)
+
+        return consume
+
+    async def _send(self, ex: Any, w: Worker, resp: Any, out: list[bytes], more: bool) -> None:
+        if not ex.started:
+            ex.started = True
+            await ex.send({"type": "http.response.start", "status": 200,
+                           "headers": _SSE + self._response_headers(w, resp, None)})
+        await ex.send({"type": "http.response.body", "body": b"".join(out), "more_body": more})
+
+
+def _usage_tuple(u: dict) -> tuple[int, int, int]:
+    details = u.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+
+    def num(v: Any) -> int:
+        return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+    return num(u.get("prompt_tokens")), num(cached), num(u.get("completion_tokens"))
+
+
+def _usage(data: bytes) -> tuple[int, int, int]:
+    try:
+        u = _loads(data).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return 0, 0, 0
+    return _usage_tuple(u) if isinstance(u, dict) else (0, 0, 0)
