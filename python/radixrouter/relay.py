@@ -15,10 +15,11 @@ Per request:
   ``Authorization: Bearer <key>`` from its key variable; the client's ``Authorization`` is never forwarded
   (tracing headers ``x-request-id``, ``traceparent``, ``tracestate`` are);
 - a stream is decoded leniently with the Rust decoder (``data:`` with or without the space, CRLF / CR,
-  comments, multi-line data, ``event:`` / ``id:`` lines) and each event's data re-encoded strictly
-  (``data: <json>\\n\\n``), the usage chunk with empty ``choices`` included, ``data: [DONE]`` last. An
-  upstream ``{"error": ...}`` event, or a stream that ends without ``[DONE]``, becomes an error (retried if
-  nothing reached the client yet, else one error frame and no ``[DONE]``);
+  comments, multi-line data, ``event:`` / ``id:`` lines) and each event's data re-encoded strictly on one
+  line (``data: <json>\\n\\n``; multi-line data is joined with spaces), the usage chunk with empty
+  ``choices`` included, ``data: [DONE]`` last. An upstream ``{"error": ...}`` event, or a stream that ends
+  without ``[DONE]``, becomes an error (retried if nothing reached the client yet, else one error frame and
+  no ``[DONE]``);
 - a non-streaming answer is relayed with its status, body and the headers worth keeping (request id,
   rate-limit headers, processing time); upstream errors keep their message, type, param and code in
   OpenAI's error shape.
@@ -290,6 +291,8 @@ class Relay:
         finally:
             watcher.cancel()
         w = result[0]
+        log.debug("relayed %s %s (stream=%s) to %s as %r", endpoint, client_model, stream, w.url,
+                  w.extra["model"] or client_model)
         if app.cache is not None and key:
             try:
                 app.cache.insert(key, [], [], worker=w.url)
@@ -375,6 +378,10 @@ class Relay:
                             u = obj.get("usage")
                             if isinstance(u, dict):
                                 stats[3] = _usage_tuple(u)
+                    if "\n" in data:
+                        # multi-line data: one JSON text split over lines; LF can only sit between JSON tokens,
+                        # so a space keeps it valid and a line-based client (one-api) gets it on one line
+                        data = data.replace("\n", " ")
                     out.append(encode_event(data))
                 if out or done:
                     now = time.perf_counter()
