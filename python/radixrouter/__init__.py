@@ -22,9 +22,9 @@ __all__ = [
 ]
 
 if hasattr(_core, "PrefixCache"):
-    from radixrouter._core import PrefixCache, PrefixMatch  # noqa: F401
+    from radixrouter._core import PrefixCache, PrefixMatch, PrefixPin  # noqa: F401
 
-    __all__ += ["PrefixCache", "PrefixMatch"]
+    __all__ += ["PrefixCache", "PrefixMatch", "PrefixPin"]
 
 
 def __getattr__(name: str) -> Any:
