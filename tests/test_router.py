@@ -430,7 +430,7 @@ def test_readiness_is_503_without_a_healthy_worker():
         r = httpx.get(router.url + "/readiness")
         assert r.status_code == 503
         r = post(router.url + "/v1/chat/completions", CHAT, key=None)
-        assert r.status_code == 502 and r.json()["error"]["message"]
+        assert r.status_code == 503 and r.json()["error"]["message"]  # no worker can take traffic (issue 6)
         with SimWorker(model=MODEL, tokenizer="qwen3") as w:
             httpx.post(router.url + "/add_worker", params={"url": w.url})
             assert httpx.get(router.url + "/readiness").status_code == 200

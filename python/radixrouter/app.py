@@ -22,6 +22,7 @@ import itertools
 import logging
 import os
 import random
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -47,7 +48,7 @@ from radixrouter.openai_api import (
     usage_obj,
 )
 from radixrouter.upstream import TRANSPORT_ERRORS, Upstream
-from radixrouter.workers import RouteContext, Worker, WorkerError, WorkerPool, make_policy
+from radixrouter.workers import RouteContext, Worker, WorkerError, WorkerPool, make_policy, pool_options
 
 log = logging.getLogger("radixrouter")
 
@@ -101,7 +102,7 @@ class ClientGone(Exception):
 class Exchange:
     """One HTTP request/response in flight."""
 
-    __slots__ = ("scope", "receive", "send", "started", "disconnected", "t0", "worker_header")
+    __slots__ = ("scope", "receive", "send", "started", "disconnected", "t0", "worker_header", "session")
 
     def __init__(self, scope, receive, send):
         self.scope = scope
@@ -111,6 +112,7 @@ class Exchange:
         self.disconnected = False
         self.t0 = time.perf_counter()
         self.worker_header: bytes | None = None
+        self.session: str | None = None  # session-affinity key (App._session)
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.scope["headers"]:
@@ -310,10 +312,17 @@ class App:
             config.policy, self.cache, threshold=config.cache_threshold,
             balance_abs=config.balance_abs_threshold, balance_rel=config.balance_rel_threshold,
         ) if config.policy == "cache_aware" else make_policy(config.policy)
-        self.pool = WorkerPool(
-            config.worker_urls, self.policy,
-            failure_threshold=config.health_failure_threshold, success_threshold=config.health_success_threshold,
-        )
+        self.pool = WorkerPool(config.worker_urls, self.policy, **pool_options(config))
+        if self.cache is not None:
+            self.pool.on_unhealthy.append(self._forget_worker)
+        sk = config.session_key or ""
+        self._session_user = sk == "user"
+        self._session_header = (sk[7:] if sk.startswith("header:") else sk).lower().encode() if sk and sk != "user" \
+            else None
+        self._running: dict[asyncio.Task, Exchange] = {}  # generation requests in flight (graceful shutdown)
+        self._stopping: set[Exchange] = set()  # requests cancelled by the shutdown deadline
+        self._draining = False
+        self.handle_sigterm = False  # `radixrouter serve` sets it: SIGTERM drains (see _on_sigterm)
         # relayed models (OpenAI-compatible upstreams, other SGLang models): radixrouter.relay
         from radixrouter.models_config import build_models
         from radixrouter.relay import Relay
@@ -363,12 +372,59 @@ class App:
                                  client=cfg.upstream_client)
         await self._probe_all()
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+        if self.handle_sigterm:
+            try:
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm)
+            except (NotImplementedError, RuntimeError, ValueError) as e:
+                log.warning("cannot handle SIGTERM for a graceful shutdown: %s", e)
+
+    def _on_sigterm(self) -> None:
+        """Graceful shutdown: new generation requests get 503 and /readiness 503; granian (told with SIGINT,
+        which keeps its own handler) stops accepting connections and exits once the running requests are
+        done; running requests get `shutdown_timeout` seconds, then are cancelled, which aborts them on their
+        workers and ends their streams with an error frame."""
+        if self._draining:
+            return
+        self._draining = True
+        log.warning("SIGTERM: draining %d running requests (at most %s s)", len(self._running),
+                    self.config.shutdown_timeout)
+        os.kill(os.getpid(), signal.SIGINT)
+        asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_timeout
+        while self._running and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._running:
+            log.warning("shutdown deadline: aborting %d running requests", len(self._running))
+        for task, ex in list(self._running.items()):
+            self._stopping.add(ex)
+            task.cancel()
+
+    def _forget_worker(self, w: Worker) -> None:
+        """A worker turned unhealthy or was removed: its KV cache is gone or unreachable, drop its affinity."""
+        if self.cache is not None:
+            self.cache.remove_worker(w.url)
+
+    def _session(self, ex: Exchange) -> str | None:
+        """The session-affinity key of a request: the configured header, else the `user` field (set on
+        `ex.session` when the body was parsed)."""
+        h = self._session_header
+        if h is not None:
+            v = ex.header(h)
+            if v:
+                return "h:" + v.decode("latin-1")
+        return ex.session
 
     async def shutdown(self) -> None:
         if self._health_task is not None:
             self._health_task.cancel()
             self._health_task = None
         if self.upstream is not None:
+            pending = [t for t in getattr(self.upstream, "_background", ()) if not t.done()]
+            if pending:  # let the last /abort_request calls reach their workers
+                await asyncio.wait(pending, timeout=2.0)
             await self.upstream.close()
         self._started = False
 
@@ -449,6 +505,9 @@ class App:
                     if got is None or not hmac.compare_digest(got, secret):
                         raise ApiError(401, "Incorrect or missing API key", code="invalid_api_key")
             if flags & 4:
+                if self._draining:
+                    raise ApiError(503, "the router is shutting down", code="shutting_down",
+                                   headers=[(b"connection", b"close")])
                 limit = self.config.max_concurrent_requests
                 if limit and self.active >= limit:
                     raise ApiError(
@@ -457,6 +516,7 @@ class App:
                     )
                 self.active += 1
                 counted = True
+                self._running[asyncio.current_task()] = ex
             status = await handler(ex)
         except ApiError as e:
             status = e.status
@@ -464,12 +524,16 @@ class App:
         except ClientGone:
             status = 499
         except asyncio.CancelledError:
-            if not ex.disconnected:
+            stopping = ex in self._stopping
+            if not ex.disconnected and not stopping:
                 raise
-            status = 499
+            status = 503 if stopping else 499
             task = asyncio.current_task()
             if task is not None and hasattr(task, "uncancel"):
                 task.uncancel()
+            if stopping:
+                self._stopping.discard(ex)
+                await self._send_error(ex, ApiError(503, "the router is shutting down", code="shutting_down"))
         except Exception:  # a bug: log it, answer 500 (never leave the client hanging)
             log.exception("unhandled error on %s", scope["path"])
             status = 500
@@ -477,6 +541,7 @@ class App:
         finally:
             if counted:
                 self.active -= 1
+                self._running.pop(asyncio.current_task(), None)
             self.metrics.count_request(name, status)
 
     async def _send_error(self, ex: Exchange, e: ApiError) -> None:
@@ -529,9 +594,14 @@ class App:
         if not body:
             raise bad("the request body is empty; expected a JSON object")
         try:
-            return _loads(body)
+            obj = _loads(body)
         except orjson.JSONDecodeError as e:
             raise bad(f"invalid JSON body: {e}") from None
+        if self._session_user and isinstance(obj, dict):
+            user = obj.get("user")
+            if isinstance(user, str) and user:
+                ex.session = "u:" + user
+        return obj
 
     async def _send_json(self, ex: Exchange, obj: Any, status: int = 200, worker: Worker | None = None) -> int:
         ex.started = True
@@ -600,6 +670,8 @@ class App:
         assert upstream is not None
         tried: set[Worker] = set()
         last: ApiError | None = None
+        if ctx.session is None:
+            ctx.session = self._session(ex)
         for attempt in range(cfg.max_retries + 1):
             w = pool.pick(ctx, tried)
             if w is None and attempt:
@@ -625,21 +697,21 @@ class App:
                     if status != 200:
                         data = await resp.read()
                 except TRANSPORT_ERRORS as e:
-                    pool.report_failure(w)
+                    pool.request_failed(w)
                     last = ApiError(502, f"worker {w.url} failed: {e.__class__.__name__}: {e}", code="upstream_error")
                     continue
                 if status != 200:
                     err = _worker_error(status, data, w.url) if error is None else error(status, data)
                     if status == 429 or status >= 500:
                         if status >= 500:
-                            pool.report_failure(w)
+                            pool.request_failed(w)
                         last = err
                         continue
                     raise err  # the client's fault: returned as is, the worker stays healthy
                 try:
                     result = await consume(w, resp)
                 except UpstreamFailure as f:
-                    pool.report_failure(w)
+                    pool.request_failed(w)
                     if w.kind != "openai":
                         upstream.abort(w.url, rid)
                     if not f.retryable:
@@ -647,7 +719,7 @@ class App:
                     last = f.error
                     continue
                 ok = True
-                pool.report_success(w)
+                pool.request_ok(w)
                 return result
             except asyncio.CancelledError:
                 # the client left (or a sibling choice failed): stop the work on the worker at once
@@ -657,6 +729,7 @@ class App:
                 raise
             finally:
                 w.in_flight -= 1
+                pool.request_done(w)
                 if resp is not None:
                     if ok:
                         resp.release()
@@ -781,8 +854,8 @@ class App:
             return None
 
     def _record(self, prompt: Any, text: str, ch: Choice, worker: Worker, logprobs: bool = False) -> None:
-        if ch.finish not in ("stop", "length"):
-            return
+        if ch.finish not in ("stop", "length") or worker.removed or not worker.healthy:
+            return  # (a removed or unhealthy worker's affinity was dropped: do not bring it back)
         try:
             if self.builder is not None and prompt is not None:
                 lps = [e[0] for e in ch.lps] if logprobs and ch.lps else None
@@ -1583,7 +1656,9 @@ class App:
         return await self._send_json(ex, b'{"status":"ok"}')
 
     async def readiness(self, ex: Exchange) -> int:
-        healthy = sum(1 for w in self.pool.list() if w.healthy) + sum(1 for w in self.relay.workers() if w.healthy)
+        now = time.monotonic()
+        healthy = 0 if self._draining else (sum(1 for w in self.pool.list() if self.pool.routable(w, now))
+                                            + sum(1 for w in self.relay.workers() if w.healthy))
         if healthy:
             return await self._send_json(ex, {"status": "ready", "healthy_workers": healthy})
         return await self._send_json(ex, {"status": "not ready", "healthy_workers": 0}, status=503)

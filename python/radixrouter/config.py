@@ -55,6 +55,15 @@ class Config:
     health_check_timeout: float = 2.0
     health_failure_threshold: int = 3
     health_success_threshold: int = 1
+    breaker_failure_threshold: int = 5  # failed requests in a row (transport errors, timeouts, 5xx) that open a
+    # worker's circuit breaker (0 = no breaker); a worker's 4xx and 429 never count
+    breaker_cooldown: float = 10.0  # seconds open before one trial request (half-open)
+
+    # session affinity: "user" (the OpenAI `user` field), "header:NAME" or NAME (a request header); None = off
+    session_key: str | None = None
+
+    # graceful shutdown: on SIGTERM stop accepting, let requests finish for this long, then abort them
+    shutdown_timeout: float = 30.0
 
     # prefix cache and cache-aware policy
     cache_max_tokens: int = 16_000_000

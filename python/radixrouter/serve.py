@@ -78,6 +78,13 @@ _FLAGS: list[tuple[str, object, str, dict]] = [
     ("--health-check-timeout", _positive(float), "seconds for one health probe", {}),
     ("--health-failure-threshold", _positive(int), "failed probes before a worker is unhealthy", {}),
     ("--health-success-threshold", _positive(int), "good probes before a worker is healthy again", {}),
+    ("--breaker-failure-threshold", _positive(int),
+     "failed requests in a row (transport, timeout, 5xx) that open a worker's circuit breaker (0 = off)", {}),
+    ("--breaker-cooldown", _positive(float), "seconds a breaker stays open before one trial request", {}),
+    ("--session-key", str, "session affinity: 'user' (the OpenAI user field) or a header name ('header:NAME')",
+     {}),
+    ("--shutdown-timeout", _positive(float), "on SIGTERM, seconds running requests get to finish before they "
+     "are aborted", {}),
     ("--cache-max-tokens", _positive(int), "token budget of the prefix cache", {}),
     ("--cache-threshold", _positive(float), "cache_aware: minimum matched fraction of the prompt", {}),
     ("--balance-abs-threshold", _positive(int), "cache_aware: in-flight difference that triggers balancing", {}),
@@ -185,7 +192,9 @@ def check_port(host: str, port: int) -> None:
 def _load_app(cfg: Config):
     from radixrouter.app import create_app
 
-    return create_app(cfg)
+    app = create_app(cfg)
+    app.handle_sigterm = True  # drain on SIGTERM (App._on_sigterm), then granian stops
+    return app
 
 
 def main(argv: list[str] | None = None) -> int:

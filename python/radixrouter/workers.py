@@ -1,18 +1,24 @@
 """The worker pool and the routing policies.
 
-A `Worker` carries what policies look at (in-flight requests, health). A policy is an object with
-``choose(candidates, ctx) -> Worker``; candidates are the healthy workers not yet tried for this request
-(or, if none is healthy, every untried worker, so a fleet whose probes lag still gets traffic).
-Policies are isolated here so fleet features (breakers, session affinity, balance thresholds) can be
-added without touching the request path.
+A `Worker` carries what policies look at (in-flight requests, health, its circuit breaker). A policy is
+an object with ``choose(candidates, ctx) -> Worker``; candidates are the routable workers (healthy, breaker
+not open) not yet tried for this request. When no worker is routable, `WorkerPool.pick` returns None and
+the request gets a 503 at once. Session stickiness (`RouteContext.session`) is handled by the pool, before
+the policy.
 """
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import Iterable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+
+log = logging.getLogger("radixrouter.workers")
 
 
 class WorkerError(ValueError):
@@ -42,6 +48,9 @@ class Worker:
     total_requests: int = 0
     stream_mode: str | None = None  # "cumulative" / "incremental" once known
     removed: bool = False
+    breaker_failures: int = 0  # consecutive failed requests (transport errors, timeouts, 5xx)
+    breaker_open_until: float = 0.0  # monotonic time; 0 = closed
+    breaker_trial: bool = False  # half-open: the one trial request is running
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -158,10 +167,32 @@ def make_policy(name: str, cache: Any = None, **kwargs: Any) -> Policy:
 
 
 class WorkerPool:
-    def __init__(self, urls: Iterable[str], policy: Policy, *, failure_threshold: int = 3, success_threshold: int = 1):
+    """The workers of one model, their health and circuit breakers, session stickiness, and the policy.
+
+    Two independent gates decide whether a worker takes traffic (`routable`):
+    - health, from the periodic probes (`report_success` / `report_failure`): unhealthy after
+      `failure_threshold` failed probes in a row, healthy again after `success_threshold` good ones;
+    - a circuit breaker, from real requests (`request_ok` / `request_failed`): `breaker_threshold`
+      transport errors / timeouts / 5xx in a row open it (a worker's 4xx and 429 never count); after
+      `breaker_cooldown` seconds it is half-open: one trial request goes through, success closes it,
+      failure opens it again for another cooldown.
+    `on_unhealthy` callbacks run when a worker turns unhealthy or is removed (the app drops its cache
+    affinity there).
+    """
+
+    def __init__(self, urls: Iterable[str], policy: Policy, *, failure_threshold: int = 3, success_threshold: int = 1,
+                 breaker_threshold: int = 5, breaker_cooldown: float = 10.0, balance_abs: int = 32,
+                 balance_rel: float = 1.5, max_sessions: int = 100_000):
         self.policy = policy
-        self.failure_threshold = failure_threshold
-        self.success_threshold = success_threshold
+        self.failure_threshold = max(1, failure_threshold)
+        self.success_threshold = max(1, success_threshold)
+        self.breaker_threshold = breaker_threshold  # 0 = no breaker
+        self.breaker_cooldown = breaker_cooldown
+        self.balance_abs = balance_abs
+        self.balance_rel = balance_rel
+        self.max_sessions = max_sessions
+        self.sessions: OrderedDict[str, str] = OrderedDict()  # session key -> worker URL (LRU)
+        self.on_unhealthy: list[Callable[[Worker], None]] = []
         self.workers: dict[str, Worker] = {}
         for url in urls:
             self.add(url)
@@ -178,35 +209,116 @@ class WorkerPool:
         w = self.workers.pop(url, None)
         if w is None:
             raise WorkerError(f"unknown worker {url}")
-        w.removed = True  # requests in flight to it finish normally
+        w.removed = True  # requests in flight to it finish normally; nothing new is routed to it
+        self._lost(w)
         return w
 
     def list(self) -> list[Worker]:
         return list(self.workers.values())
 
     def any_healthy(self) -> bool:
-        return any(w.healthy for w in self.workers.values())
+        now = time.monotonic()
+        return any(self.routable(w, now) for w in self.workers.values())
+
+    def routable(self, w: Worker, now: float) -> bool:
+        """Healthy, and its breaker closed, or open but cooled down with no trial request running."""
+        if not w.healthy or w.removed:
+            return False
+        if w.breaker_open_until == 0.0:
+            return True
+        return now >= w.breaker_open_until and not w.breaker_trial
 
     def pick(self, ctx: RouteContext, exclude: set[Worker] | None = None) -> Worker | None:
-        ws = self.workers.values()
-        candidates = [w for w in ws if w.healthy and (not exclude or w not in exclude)]
+        """The worker for this request, or None when no worker can take traffic (the caller answers 503)."""
+        now = time.monotonic()
+        candidates = [w for w in self.workers.values() if (not exclude or w not in exclude) and self.routable(w, now)]
         if not candidates:
-            candidates = [w for w in ws if not exclude or w not in exclude]
-            if not candidates:
-                return None
-        return candidates[0] if len(candidates) == 1 else self.policy.choose(candidates, ctx)
+            return None
+        w = None
+        key = ctx.session
+        if key is not None:
+            url = self.sessions.get(key)
+            if url is not None:
+                s = self.workers.get(url)
+                if s is not None and s in candidates and not self._overloaded(s, candidates):
+                    w = s
+        if w is None:
+            w = candidates[0] if len(candidates) == 1 else self.policy.choose(candidates, ctx)
+        if key is not None:
+            sessions = self.sessions
+            sessions[key] = w.url
+            sessions.move_to_end(key)
+            if len(sessions) > self.max_sessions:
+                sessions.popitem(last=False)
+        if w.breaker_open_until:
+            w.breaker_trial = True  # half-open: this request is the trial
+        return w
 
-    # ---- outcome reports (health bookkeeping; 4xx responses are never reported as failures)
+    def _overloaded(self, w: Worker, candidates: list[Worker]) -> bool:
+        lo = min(c.in_flight for c in candidates)
+        return w.in_flight - lo > self.balance_abs and w.in_flight > lo * self.balance_rel
+
+    # ---- health probes
     def report_success(self, w: Worker) -> None:
+        """A good health probe."""
         w.consecutive_failures = 0
         if not w.healthy:
             w.consecutive_successes += 1
             if w.consecutive_successes >= self.success_threshold:
                 w.healthy = True
                 w.consecutive_successes = 0
+                self._close_breaker(w)  # back from the dead: start with a clean slate
 
     def report_failure(self, w: Worker) -> None:
+        """A failed health probe."""
         w.consecutive_successes = 0
         w.consecutive_failures += 1
         if w.healthy and w.consecutive_failures >= self.failure_threshold:
             w.healthy = False
+            self._lost(w)
+
+    def _lost(self, w: Worker) -> None:
+        for cb in self.on_unhealthy:
+            try:
+                cb(w)
+            except Exception:  # noqa: BLE001 - a callback must not break health bookkeeping
+                log.exception("on_unhealthy callback failed for %s", w.url)
+
+    # ---- request outcomes (the circuit breaker; a worker's 4xx / 429 is never reported)
+    def request_ok(self, w: Worker) -> None:
+        w.breaker_failures = 0
+        if w.breaker_open_until:
+            self._close_breaker(w)
+
+    def request_failed(self, w: Worker) -> None:
+        """A transport error, timeout, 5xx or broken stream from this worker."""
+        w.breaker_failures += 1
+        w.breaker_trial = False
+        if self.breaker_threshold and (w.breaker_open_until or w.breaker_failures >= self.breaker_threshold):
+            if not w.breaker_open_until:
+                log.warning("circuit breaker of %s open after %d failures in a row", w.url, w.breaker_failures)
+            w.breaker_open_until = time.monotonic() + self.breaker_cooldown
+
+    def request_done(self, w: Worker) -> None:
+        """The request ended without a verdict on the worker (a 4xx, a client disconnect): end its trial."""
+        w.breaker_trial = False
+
+    @staticmethod
+    def _close_breaker(w: Worker) -> None:
+        if w.breaker_open_until:
+            log.info("circuit breaker of %s closed", w.url)
+        w.breaker_open_until = 0.0
+        w.breaker_failures = 0
+        w.breaker_trial = False
+
+
+def pool_options(cfg: Any) -> dict[str, Any]:
+    """`WorkerPool` keyword arguments from a `radixrouter.config.Config`."""
+    return {
+        "failure_threshold": cfg.health_failure_threshold,
+        "success_threshold": cfg.health_success_threshold,
+        "breaker_threshold": cfg.breaker_failure_threshold,
+        "breaker_cooldown": cfg.breaker_cooldown,
+        "balance_abs": cfg.balance_abs_threshold,
+        "balance_rel": cfg.balance_rel_threshold,
+    }
