@@ -35,7 +35,6 @@ environment when the app is built and never appear in errors or logs.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -142,6 +141,13 @@ def load_file(path: str) -> list[ModelSpec]:
         except yaml.YAMLError as e:
             raise ModelConfigError(f"--config {path}: invalid YAML: {str(e).splitlines()[0]}") from None
     else:
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ImportError:
+                raise ModelConfigError(f"--config {path}: TOML needs Python 3.11+ or the tomli package") from None
         try:
             doc = tomllib.loads(raw.decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

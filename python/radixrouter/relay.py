@@ -342,7 +342,6 @@ class Relay:
             deadline = loop.time() + app.config.first_token_timeout
             content = resp.content
             dec = SseDecoder()
-            send = ex.send
             emitted = False
             while True:
                 try:
