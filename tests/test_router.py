@@ -425,8 +425,11 @@ def test_readiness_health_and_worker_admin(router, sims):
 
 
 def test_readiness_is_503_without_a_healthy_worker():
-    dead = f"http://127.0.0.1:{free_port()}"
-    with RouterProcess([dead], wait_ready=False, health_check_interval=0.2) as router:
+    # a port bound but not listening refuses connections, and nobody else can take it meanwhile
+    hold = socket.socket()
+    hold.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{hold.getsockname()[1]}"
+    with hold, RouterProcess([dead], wait_ready=False, health_check_interval=0.2) as router:
         r = httpx.get(router.url + "/readiness")
         assert r.status_code == 503
         r = post(router.url + "/v1/chat/completions", CHAT, key=None)
