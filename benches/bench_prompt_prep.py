@@ -144,3 +144,13 @@ def test_record_turn16(benchmark, qwen) -> None:
     out = qwen.encode(replies[-1]) + [qwen.tokenizer.token_to_id("<|im_end|>")]
     benchmark(builder.record, prompt, replies[-1], out, worker="w1")
     assert builder.recorded_outputs > 0 and builder.rejected_outputs == 0
+
+
+def test_token_ends_turn16(benchmark, qwen) -> None:
+    """The part of record() that computes the end offsets of turn 16's ids (prompt + answer) in Python."""
+    benchmark.group = "record, turn 16"
+    messages, replies = conversation()
+    text = qwen.render(_turn_messages(messages, TURNS)) + replies[-1] + "<|im_end|>"
+    ids = qwen.encode(text)
+    qwen.char_ends([])  # the table is built once per tokenizer
+    assert benchmark(qwen.char_ends, ids) == qwen.encode_with_ends(text)[1]
