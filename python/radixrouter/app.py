@@ -1658,7 +1658,7 @@ class App:
     async def readiness(self, ex: Exchange) -> int:
         now = time.monotonic()
         healthy = 0 if self._draining else (sum(1 for w in self.pool.list() if self.pool.routable(w, now))
-                                            + sum(1 for w in self.relay.workers() if w.healthy))
+                                            + self.relay.routable(now))
         if healthy:
             return await self._send_json(ex, {"status": "ready", "healthy_workers": healthy})
         return await self._send_json(ex, {"status": "not ready", "healthy_workers": 0}, status=503)

@@ -38,7 +38,7 @@ from radixrouter import SseDecoder, encode_event
 from radixrouter.models_config import ModelSpec
 from radixrouter.openai_api import ApiError, bad
 from radixrouter.upstream import TRANSPORT_ERRORS
-from radixrouter.workers import RouteContext, Worker, WorkerPool, make_policy
+from radixrouter.workers import RouteContext, Worker, WorkerPool, make_policy, pool_options
 
 log = logging.getLogger("radixrouter.relay")
 
@@ -125,8 +125,9 @@ class Relay:
                                      balance_abs=cfg.balance_abs_threshold, balance_rel=cfg.balance_rel_threshold)
             else:
                 policy = make_policy(cfg.policy)
-            pool = WorkerPool([], policy, failure_threshold=cfg.health_failure_threshold,
-                              success_threshold=cfg.health_success_threshold)
+            pool = WorkerPool([], policy, **pool_options(cfg))
+            if app.cache is not None:
+                pool.on_unhealthy.append(app._forget_worker)
             for u in spec.upstreams:
                 ident = u.url
                 n = 1
@@ -166,6 +167,10 @@ class Relay:
         for m in self.all_models():
             out += m.pool.list()
         return out
+
+    def routable(self, now: float) -> int:
+        """How many upstreams can take traffic now (healthy, breaker not open)."""
+        return sum(1 for m in self.all_models() for w in m.pool.list() if m.pool.routable(w, now))
 
     def all_models(self) -> list[RelayModel]:
         ms = list(self.models.values())
@@ -220,10 +225,7 @@ class Relay:
     async def _fetch_models(self, m: RelayModel) -> list[str]:
         """The ids a passthrough upstream lists (first healthy one that answers)."""
         for w in sorted(m.pool.list(), key=lambda w: not w.healthy):
-            if w.kind == "sglang":
-                url = w.extra["base"] + "/models"
-            else:
-                url = w.extra["base"] + "/models"
+            url = w.extra["base"] + "/models"
             headers = {k: v for k, v in w.extra["headers"].items() if k == "Authorization"}
             try:
                 resp = await self.app.upstream.http.request("GET", url, headers=headers, timeout=5.0)
