@@ -765,3 +765,8 @@ def test_char_ends_equal_the_tokenizer_offsets(qwen, text) -> None:
     ids, ends = qwen.encode_with_ends(text)
     assert qwen.char_ends(ids) == ends
     assert qwen.char_ends(ids, 7) == [e + 7 for e in ends]
+
+
+def test_lone_surrogates_are_a_value_error(qwen) -> None:
+    with pytest.raises(ValueError, match="lone surrogates"):
+        qwen.encode("bad \ud800 text")

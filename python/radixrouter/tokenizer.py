@@ -410,12 +410,20 @@ class ChatTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; special-token text is recognized, no BOS/EOS is added."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return self._encoding(text).ids
+
+    def _encoding(self, text: str) -> Any:
+        try:
+            return self._tok.encode(text, add_special_tokens=False)
+        except TypeError:
+            if isinstance(text, str):  # tokenizers refuses strings it cannot encode as UTF-8
+                raise ValueError("the text is not valid Unicode (it has lone surrogates)") from None
+            raise
 
     def encode_with_ends(self, text: str) -> tuple[list[int], list[int]]:
         """Token ids and each token's end offset in ``text`` (str indices, non-decreasing, the last one
         equal to ``len(text)``)."""
-        enc = self._tok.encode(text, add_special_tokens=False)
+        enc = self._encoding(text)
         ids = enc.ids
         ends = [end for _, end in enc.offsets]
         if ends and ends[-1] != len(text):
