@@ -476,3 +476,68 @@ def test_tls_upstream_certificate_is_verified(tmp_path):
                     # the health probe already failed the handshake (503 no worker), or the request did (502)
                     assert e.value.status_code in (502, 503)
                     assert up.requests == []  # no HTTP request got through the refused handshake
+
+
+# ------------------------------------------------------------------------------------------ in process
+
+
+def test_config_file_defaults_and_flags(tmp_path, monkeypatch):
+    from radixrouter.config import Config
+    from radixrouter.models_config import ModelConfigError, build_models
+
+    monkeypatch.setenv("K1", "one")
+    monkeypatch.setenv("K2", "two")
+    f = tmp_path / "m.toml"
+    f.write_text('[models.a]\napi_key_env = "K1"\nmodel = "up-a"\nupstreams = [\n'
+                 '  "http://h1:8000",\n'
+                 '  { url = "http://h1:8000", api_key_env = "K2" },\n'  # same URL, another key: a second upstream
+                 '  { url = "https://h2/custom/v1/", model = "other", weight = 2.5 },\n]\n'
+                 '[models.native]\nupstreams = [{ url = "http://w9:30000", kind = "sglang" }]\n'
+                 '[models.sg]\nupstreams = [{ url = "http://w8:30000", kind = "sglang" }]\n'
+                 '[models."*"]\nupstreams = ["http://pass:4000/v1"]\n')
+    cfg = Config(config_file=str(f), served_model_name="native",
+                 openai_urls=["b=http://h3:1", "http://h4:2/v1"], openai_api_key_env="K2")
+    native, models = build_models(cfg)
+    assert native == ["http://w9:30000"]  # joins the native fleet
+    by = {m.name: m for m in models}
+    assert set(by) == {"a", "b", "*", "sg"}
+    a = by["a"].upstreams
+    assert [(u.url, u.base_url(), u.api_key(), u.model, u.weight) for u in a] == [
+        ("http://h1:8000/v1", "http://h1:8000/v1", "one", "up-a", 1.0),
+        ("http://h1:8000/v1", "http://h1:8000/v1", "two", "up-a", 1.0),
+        ("https://h2/custom/v1", "https://h2/custom/v1", "one", "other", 2.5)]
+    assert by["sg"].upstreams[0].base_url() == "http://w8:30000/v1"
+    assert [(u.url, u.api_key()) for u in by["b"].upstreams] == [("http://h3:1/v1", "two")]
+    # the unnamed --openai-url and the config's "*" are both passthrough upstreams
+    assert [u.url for u in by["*"].upstreams] == ["http://h4:2/v1", "http://pass:4000/v1"]
+    from radixrouter.app import create_app
+
+    app = create_app(cfg)
+    pool = app.relay.models["a"].pool
+    assert list(pool.workers) == ["http://h1:8000/v1", "http://h1:8000/v1#2", "https://h2/custom/v1"]
+    auth = [w.extra["headers"]["Authorization"] for w in pool.list()]
+    assert auth == ["Bearer one", "Bearer two", "Bearer one"]
+    assert type(pool.policy).__name__ == "Weighted"  # weights differ
+    assert type(app.relay.models["b"].pool.policy).__name__ != "Weighted"
+    assert app.relay.passthrough is not None and "http://w9:30000" in app.pool.workers
+    with pytest.raises(ModelConfigError, match="different names"):
+        build_models(Config(worker_urls=["http://w:1"], served_model_name="b", openai_urls=["b=http://h:1"]))
+    monkeypatch.delenv("K2")
+    with pytest.raises(ModelConfigError, match="K2"):
+        build_models(cfg)
+
+
+def test_weighted_policy_is_smooth_and_proportional():
+    from radixrouter.relay import Weighted
+    from radixrouter.workers import RouteContext, Worker
+
+    ws = [Worker(f"http://w{i}") for i in range(3)]
+    for w, weight in zip(ws, (5, 1, 1), strict=True):
+        w.extra["weight"] = float(weight)
+    pol = Weighted()
+    picks = [pol.choose(ws, RouteContext()).url for _ in range(14)]
+    assert picks.count("http://w0") == 10 and picks.count("http://w1") == picks.count("http://w2") == 2
+    # nginx's smooth order: the heavy upstream never takes more than its share in a row
+    assert picks[:7] == ["http://w0", "http://w0", "http://w1", "http://w0", "http://w2", "http://w0", "http://w0"]
+    # a candidate missing (unhealthy / tried) just drops out
+    assert {pol.choose(ws[1:], RouteContext()).url for _ in range(4)} == {"http://w1", "http://w2"}

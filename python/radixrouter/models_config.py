@@ -222,6 +222,9 @@ def build_models(config) -> tuple[list[str], list[ModelSpec]]:
                     and spec.name not in relayed):
                 native_extra += [u.url for u in spec.upstreams]
                 continue
+            if spec.passthrough and spec.name in relayed:  # unnamed --openai-url + "*": one pool
+                relayed[spec.name].upstreams.extend(spec.upstreams)
+                continue
             if spec.name in relayed:
                 raise ModelConfigError(f"model {spec.name!r} is defined twice (--openai-url and --config)")
             relayed[spec.name] = spec
