@@ -192,6 +192,9 @@ def test_length_stop_without_eos_keeps_worker_ids(builder, qwen) -> None:
     messages = [{"role": "user", "content": "Count"}]
     cut = worker_ids(qwen, "one two thr", canonical=False, eos=False)
     p1 = chat(builder, messages, "one two thr", cut, finish_reason={"type": "length", "length": len(cut)})
+    # An RL client continuing the same generation sends prompt + partial answer as text: all worker ids.
+    cont = builder.tokenize(p1.text + "one two thr")
+    assert cont.ids == p1.ids + cut and cont.cached_tokens == len(cont.ids)
     messages.append({"role": "user", "content": "go on"})
     p2 = builder.tokenize(qwen.render(messages))
     # The template closes the turn with <|im_end|>; the seam right after the worker's ids is kept.
