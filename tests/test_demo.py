@@ -18,3 +18,9 @@ def test_demo_exits_zero_and_reports_each_turn():
     assert prompts == sorted(prompts) and prompts[0] > 10
     assert all(int(c) <= int(p) for _t, _w, p, c in served)
     assert "demo finished" in r.stdout
+    import radixrouter
+
+    if hasattr(radixrouter, "PrefixCache"):
+        # cache_aware: the conversation stays on the worker holding its prefix, which reuses it
+        assert len({w for _t, w, _p, _c in served}) == 1
+        assert all(int(c) > 0 for _t, _w, _p, c in served[1:])
