@@ -161,6 +161,32 @@ def scenarios(duration: float, quick: bool = False) -> dict[str, Scenario]:
             duration=duration,
             max_tokens=64,
         ),
+        # The router issue's matrix: non-streaming at 256, streaming at 1, 64 and 256 concurrent streams.
+        "nonstream256": Scenario(
+            "nonstream256",
+            "non-streaming chat, 1 worker, fixed concurrency 256, 16-token replies",
+            workers=1,
+            worker_flags={"min_output_tokens": 16, "max_output_tokens": 16},
+            kind="closed",
+            stream=False,
+            concurrency=256,
+            duration=duration,
+            max_tokens=16,
+        ),
+        **{
+            f"stream{c}": Scenario(
+                f"stream{c}",
+                f"streaming chat, 1 worker decoding 500 tokens/s per sequence, fixed concurrency {c}, 64-token replies",
+                workers=1,
+                worker_flags={"min_output_tokens": 64, "max_output_tokens": 64, "decode_tokens_per_s": 500},
+                kind="closed",
+                stream=True,
+                concurrency=c,
+                duration=duration,
+                max_tokens=64,
+            )
+            for c in (1, 64, 256)
+        },
         "multiturn": Scenario(
             "multiturn",
             "multi-turn chat over 3 workers: shared system prompts, conversations that outgrow one worker's KV "

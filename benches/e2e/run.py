@@ -131,6 +131,7 @@ def summarize(
         "ttft_ms": dist_ms([r.ttft for r in ok if r.ttft is not None]),
         "itl_ms": dist_ms([x for r in ok for x in r.itl]),
         "chunks": chunks,
+        "chunks_per_s": round(chunks / elapsed, 1) if elapsed else 0.0,
         "router_cpu_s": round(cpu["router"], 3),
         "router_cpu_us_per_request": round(cpu["router"] / n * 1e6, 1) if n and target.pid else None,
         "router_cpu_us_per_chunk": round(cpu["router"] / chunks * 1e6, 2) if chunks and target.pid else None,
@@ -181,7 +182,7 @@ def add_ratios(rows: list[dict]) -> None:
         d = direct.get(r["scenario"])
         if d and d["rps"]:
             r["rps_vs_direct"] = round(r["rps"] / d["rps"], 3)
-        key = "ttft_ms" if r["scenario"] != "nonstream" else "latency_ms"
+        key = "ttft_ms" if not r["scenario"].startswith("nonstream") else "latency_ms"
         if d and d[key]["p50"] and r[key]["p50"]:
             r["p50_vs_direct"] = round(r[key]["p50"] / d[key]["p50"], 3)
 
@@ -206,9 +207,9 @@ def markdown(meta: dict, rows: list[dict], skipped: dict) -> str:
         out += [
             "| target | req/s (median) | req/s of each run | x direct | errors | p50 / p90 / p99 latency ms "
             "| p50 / p90 / p99 TTFT ms "
-            "| p50 / p99 ITL ms | router CPU µs/req | router CPU µs/chunk | workers CPU µs/req | cached/prompt "
+            "| p50 / p99 ITL ms | router CPU µs/req | router CPU µs/chunk | chunks/s | workers CPU µs/req | cached/prompt "
             "| requests per worker |",
-            "|---|---:|---|---:|---:|---|---|---|---:|---:|---:|---:|---|",
+            "|---|---:|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---|",
         ]
         for r in sel:
             lat, ttft, itl = r["latency_ms"], r["ttft_ms"], r["itl_ms"]
@@ -217,7 +218,7 @@ def markdown(meta: dict, rows: list[dict], skipped: dict) -> str:
                 f"| {r.get('rps_vs_direct', '')} | {r['errors']} "
                 f"| {lat['p50']} / {lat['p90']} / {lat['p99']} | {ttft['p50']} / {ttft['p90']} / {ttft['p99']} "
                 f"| {itl['p50']} / {itl['p99']} | {r['router_cpu_us_per_request'] or '-'} "
-                f"| {r['router_cpu_us_per_chunk'] or '-'} | {r['workers_cpu_us_per_request']} "
+                f"| {r['router_cpu_us_per_chunk'] or '-'} | {r.get('chunks_per_s', '-')} | {r['workers_cpu_us_per_request']} "
                 f"| {r['cache_hit_ratio']} | {r['requests_per_worker']} |"
             )
         out.append("")
@@ -239,7 +240,7 @@ def plots(rows: list[dict], raw: dict, out: Path) -> list[str]:
     scen = list(dict.fromkeys(r["scenario"] for r in rows))
     fig, axes = plt.subplots(1, len(scen), figsize=(5.5 * len(scen), 4), squeeze=False)
     for ax, sc in zip(axes[0], scen, strict=True):
-        metric = "latency" if sc == "nonstream" else "ttft"
+        metric = "latency" if sc.startswith("nonstream") else "ttft"
         for label, series in raw.get(sc, {}).items():
             v = sorted(x * 1000 for x in series[metric])
             if v:
