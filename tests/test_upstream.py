@@ -541,3 +541,28 @@ def test_weighted_policy_is_smooth_and_proportional():
     assert picks[:7] == ["http://w0", "http://w0", "http://w1", "http://w0", "http://w2", "http://w0", "http://w0"]
     # a candidate missing (unhealthy / tried) just drops out
     assert {pol.choose(ws[1:], RouteContext()).url for _ in range(4)} == {"http://w1", "http://w2"}
+
+
+def test_sglang_kind_relay_aborts_on_disconnect(tmp_path):
+    """A `kind = "sglang"` upstream is reached at /v1/... with a `rid`; a client that leaves mid-stream gets the
+    request aborted there (POST /abort_request with that rid) besides the closed connection."""
+    with SimWorker(model=SIM_MODEL, tokenizer="qwen3", decode_tokens_per_s=20) as slow:
+        cfg = tmp_path / "m.toml"
+        cfg.write_text(f'[models.sgl]\nupstreams = [{{ url = "{slow.url}", kind = "sglang" }}]\n')
+        with RouterProcess([], qwen3=False, config=str(cfg), health_check_interval=3600) as r:
+            with httpx.Client(timeout=30) as c:
+                with c.stream("POST", r.url + "/v1/chat/completions",
+                              json={"model": "sgl", "stream": True, "messages": MSG, "max_tokens": 200,
+                                    "ignore_eos": True}) as resp:
+                    assert resp.status_code == 200
+                    it = resp.iter_raw()
+                    next(it)
+                    next(it)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                st = slow.stats()
+                if st["abort_requests"] and st["running"] == 0:
+                    break
+                time.sleep(0.05)
+            assert st["abort_requests"] >= 1 and st["abort_rids"][-1] not in ("", "*")
+            assert st["running"] == 0 and st["completion_tokens"] < 200
