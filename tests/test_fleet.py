@@ -204,20 +204,22 @@ def test_all_workers_down_then_back(fleet, clean):
 def test_circuit_breaker_opens_then_half_open_trial(clean):
     a, b = clean[0], clean[1]
     with RouterProcess([a.url, b.url], policy="round_robin", health_check_interval=60, retry_backoff=0,
-                       breaker_failure_threshold=2, breaker_cooldown=1.0) as router:
+                       breaker_failure_threshold=2, breaker_cooldown=3.0) as router:
         a.fault(status=500, count=-1)
-        for i in range(8):
+        for i in range(6):  # (well within the 3 s cooldown, even on a busy machine)
             assert post(router, chat(f"cb {i}")).status_code == 200
         # two failures in a row opened a's breaker: it was tried twice, then left alone
         assert a.stats()["faults_applied"] == 2
-        time.sleep(1.2)  # cooldown over: the next request to a is the half-open trial; it fails, re-open
+        assert list_workers(router)[a.url]["breaker"] == "open"
+        time.sleep(3.2)  # cooldown over: the next request to a is the half-open trial; it fails, re-open
         for i in range(4):
             assert post(router, chat(f"cb2 {i}")).status_code == 200
         assert a.stats()["faults_applied"] == 3
         a.clear_faults()
-        time.sleep(1.2)
+        time.sleep(3.2)
         served = {post(router, chat(f"cb3 {i}")).headers[WORKER_HEADER] for i in range(6)}
         assert a.url in served  # the trial succeeded and closed the breaker
+        assert list_workers(router)[a.url]["breaker"] == "closed"
         assert list_workers(router)[a.url]["healthy"]
 
 

@@ -1637,7 +1637,8 @@ class App:
     async def list_workers(self, ex: Exchange) -> int:
         return await self._send_json(ex, {
             "urls": [w.url for w in self.pool.list()],
-            "workers": [{"url": w.url, "healthy": w.healthy, "in_flight": w.in_flight} for w in self.pool.list()],
+            "workers": [{"url": w.url, "healthy": w.healthy, "in_flight": w.in_flight, "breaker": w.breaker_state()}
+                        for w in self.pool.list()],
         })
 
     def _native_served(self) -> bool:

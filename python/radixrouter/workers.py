@@ -56,6 +56,12 @@ class Worker:
     def __repr__(self) -> str:
         return f"Worker({self.url!r}, in_flight={self.in_flight}, healthy={self.healthy})"
 
+    def breaker_state(self) -> str:
+        """"closed", "open" (cooling down) or "half_open" (cooled down; the next request is a trial)."""
+        if not self.breaker_open_until:
+            return "closed"
+        return "half_open" if time.monotonic() >= self.breaker_open_until else "open"
+
 
 @dataclass(slots=True)
 class RouteContext:
