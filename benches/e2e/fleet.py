@@ -36,7 +36,7 @@ POLICIES = "cache_aware,round_robin,least_load,power_of_two,random"
 DEFAULT_TARGETS = ",".join(
     [f"radixrouter:{p}" for p in POLICIES.split(",")] + ["sglang-router:cache_aware", "sglang-router:round_robin"]
 )
-KV_PER_WORKER = 12000
+KV_PER_WORKER = 16000
 WORKER_FLAGS = {
     "min_output_tokens": 60,
     "max_output_tokens": 60,
@@ -89,6 +89,7 @@ async def run_target(label: str, url: str, api_key: str | None, urls: list[str],
         "requests_per_worker": per_worker,
         "busiest_vs_mean": round(max(per_worker) / mean, 3) if mean else None,
         "kv_evicted_tokens": peak_kv,
+        "kv_tokens_at_end": [a["kv_cache_tokens"] for a in after],
     }
 
 
@@ -153,7 +154,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", default=DEFAULT_TARGETS)
-    p.add_argument("--conversations", type=int, default=32)
+    p.add_argument("--conversations", type=int, default=48)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--no-ideal", action="store_true")
     p.add_argument("--out", default=str(REPO / "benches" / "results"))
