@@ -31,8 +31,13 @@ def chat(content: str = "Tell me about radix trees.", **kw) -> dict:
     return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 8, **kw}
 
 
-def post(router: RouterProcess, body: dict, path: str = "/v1/chat/completions", timeout: float = 30,
-         headers: dict | None = None) -> httpx.Response:
+def post(
+    router: RouterProcess,
+    body: dict,
+    path: str = "/v1/chat/completions",
+    timeout: float = 30,
+    headers: dict | None = None,
+) -> httpx.Response:
     return httpx.post(router.url + path, json=body, timeout=timeout, headers=headers)
 
 
@@ -56,7 +61,7 @@ def list_workers(router: RouterProcess) -> dict[str, dict]:
 
 
 def sse_events(raw: bytes) -> list[str]:
-    return [b[len("data: "):] for b in raw.decode().split("\n\n") if b.startswith("data: ")]
+    return [b[len("data: ") :] for b in raw.decode().split("\n\n") if b.startswith("data: ")]
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +84,16 @@ def clean(fleet):
 def rr_router(fleet):
     # round robin, probes out of the way (failures are handled by the request path alone), a short first-token
     # timeout for the stall case, sessions by header
-    with RouterProcess(fleet.urls, policy="round_robin", health_check_interval=60, first_token_timeout=1.5,
-                       retry_backoff=0.01, admin_key="admin-secret", session_key="header:x-session-id",
-                       breaker_failure_threshold=3) as r:
+    with RouterProcess(
+        fleet.urls,
+        policy="round_robin",
+        health_check_interval=60,
+        first_token_timeout=1.5,
+        retry_backoff=0.01,
+        admin_key="admin-secret",
+        session_key="header:x-session-id",
+        breaker_failure_threshold=3,
+    ) as r:
         yield r
 
 
@@ -99,7 +111,9 @@ def test_worker_error_status_moves_the_request_to_another_worker(rr_router, clea
         bad.clear_faults()
     # 429 is overload, not a fault; 5xx count towards the breaker but a success on the next try resets it;
     # either way the worker is still healthy and serves again once it recovers
-    assert wait_for(lambda: any(post(rr_router, chat("again")).headers[WORKER_HEADER] == bad.url for _ in range(3)))
+    assert wait_for(
+        lambda: any(post(rr_router, chat("again")).headers[WORKER_HEADER] == bad.url for _ in range(3))
+    )
 
 
 def test_stalled_worker_past_the_first_token_timeout(rr_router, clean):
@@ -118,8 +132,9 @@ def test_stalled_worker_past_the_first_token_timeout(rr_router, clean):
 def test_worker_refusing_connections(fleet):
     extra = SimWorker(model=MODEL, tokenizer="qwen3").start()
     try:
-        with RouterProcess([extra.url, *fleet.urls[:1]], policy="round_robin", health_check_interval=60,
-                           retry_backoff=0.01) as router:
+        with RouterProcess(
+            [extra.url, *fleet.urls[:1]], policy="round_robin", health_check_interval=60, retry_backoff=0.01
+        ) as router:
             extra.stop()  # the router still believes it healthy (no probe for a minute): connections refused
             for i in range(4):
                 r = post(router, chat(f"refused {i}"))
@@ -184,8 +199,9 @@ def test_session_header_sticks_to_a_worker(rr_router, clean):
 
 def test_all_workers_down_then_back(fleet, clean):
     ws = clean[:2]
-    with RouterProcess([w.url for w in ws], health_check_interval=0.2, health_failure_threshold=2,
-                       health_success_threshold=2) as router:
+    with RouterProcess(
+        [w.url for w in ws], health_check_interval=0.2, health_failure_threshold=2, health_success_threshold=2
+    ) as router:
         for w in ws:
             w.set_healthy(False)
         assert wait_for(lambda: httpx.get(router.url + "/readiness").status_code == 503)
@@ -203,8 +219,14 @@ def test_all_workers_down_then_back(fleet, clean):
 
 def test_circuit_breaker_opens_then_half_open_trial(clean):
     a, b = clean[0], clean[1]
-    with RouterProcess([a.url, b.url], policy="round_robin", health_check_interval=60, retry_backoff=0,
-                       breaker_failure_threshold=2, breaker_cooldown=3.0) as router:
+    with RouterProcess(
+        [a.url, b.url],
+        policy="round_robin",
+        health_check_interval=60,
+        retry_backoff=0,
+        breaker_failure_threshold=2,
+        breaker_cooldown=3.0,
+    ) as router:
         a.fault(status=500, count=-1)
         for i in range(6):  # (well within the 3 s cooldown, even on a busy machine)
             assert post(router, chat(f"cb {i}")).status_code == 200
@@ -230,8 +252,11 @@ def _raw_request(url: str, path: str, body: dict) -> socket.socket:
     u = urlsplit(url)
     data = json.dumps(body).encode()
     s = socket.create_connection((u.hostname, u.port), timeout=30)
-    s.sendall(f"POST {path} HTTP/1.1\r\nhost: {u.netloc}\r\ncontent-type: application/json\r\n"
-              f"content-length: {len(data)}\r\n\r\n".encode() + data)
+    s.sendall(
+        f"POST {path} HTTP/1.1\r\nhost: {u.netloc}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
     return s
 
 
@@ -249,8 +274,9 @@ def _abort_delay(worker: SimWorker, sock: socket.socket, rid: str) -> float:
 @pytest.fixture(scope="module")
 def slow_worker():
     # prefill 20 tokens/s (a 100-token prompt takes 5 s), decode 20 tokens/s, one running sequence at a time
-    with SimWorker(model=MODEL, tokenizer="qwen3", prefill_tokens_per_s=20, decode_tokens_per_s=20,
-                   max_running=1) as w:
+    with SimWorker(
+        model=MODEL, tokenizer="qwen3", prefill_tokens_per_s=20, decode_tokens_per_s=20, max_running=1
+    ) as w:
         yield w
 
 
@@ -267,15 +293,25 @@ def test_disconnect_aborts_at_once(slow_worker, phase):
         text = "word " * 100
         blocker = None
         if phase == "queued":  # a long request holds the only running slot; ours waits in the queue
-            blocker = _raw_request(router.url, "/generate", {"text": "hi", "rid": "blocker", "stream": True,
-                                                              "sampling_params": {"max_new_tokens": 400}})
+            blocker = _raw_request(
+                router.url,
+                "/generate",
+                {"text": "hi", "rid": "blocker", "stream": True, "sampling_params": {"max_new_tokens": 400}},
+            )
             assert wait_for(lambda: w.stats()["running_requests"] == 1)
             text = "hi"
         stream = phase == "decode"
         rid = f"rid-{phase}"
-        sock = _raw_request(router.url, "/generate", {
-            "text": "hi" if stream else text, "rid": rid, "stream": stream,
-            "sampling_params": {"max_new_tokens": 400, "ignore_eos": True}})
+        sock = _raw_request(
+            router.url,
+            "/generate",
+            {
+                "text": "hi" if stream else text,
+                "rid": rid,
+                "stream": stream,
+                "sampling_params": {"max_new_tokens": 400, "ignore_eos": True},
+            },
+        )
         if phase == "decode":
             sock.recv(1)  # the first event arrived: decoding
         elif phase == "queued":
@@ -296,18 +332,36 @@ def test_disconnect_aborts_at_once(slow_worker, phase):
 
 
 def test_cache_aware_multi_turn_and_balance_thresholds():
-    with SimWorkers(4, model=MODEL, tokenizer="qwen3", decode_tokens_per_s=40, min_output_tokens=6,
-                    max_output_tokens=6) as ws, RouterProcess(
-            ws.urls, policy="cache_aware", balance_abs_threshold=2, balance_rel_threshold=1.5,
-            health_check_interval=60) as router:
+    with (
+        SimWorkers(
+            4,
+            model=MODEL,
+            tokenizer="qwen3",
+            decode_tokens_per_s=40,
+            min_output_tokens=6,
+            max_output_tokens=6,
+        ) as ws,
+        RouterProcess(
+            ws.urls,
+            policy="cache_aware",
+            balance_abs_threshold=2,
+            balance_rel_threshold=1.5,
+            health_check_interval=60,
+        ) as router,
+    ):
         # 8 conversations, each with its own long system prompt, 4 turns, one request at a time
-        convs = [[{"role": "system", "content": f"You are assistant {c}. " + f"fact {c} " * 120}] for c in range(8)]
+        convs = [
+            [{"role": "system", "content": f"You are assistant {c}. " + f"fact {c} " * 120}] for c in range(8)
+        ]
         home: dict[int, str] = {}
         for turn in range(4):
             for c, msgs in enumerate(convs):
                 msgs.append({"role": "user", "content": f"turn {turn}: question {c * 7 + turn}"})
-                r = httpx.post(router.url + "/v1/chat/completions", timeout=60,
-                               json={"model": MODEL, "messages": msgs, "max_tokens": 6})
+                r = httpx.post(
+                    router.url + "/v1/chat/completions",
+                    timeout=60,
+                    json={"model": MODEL, "messages": msgs, "max_tokens": 6},
+                )
                 assert r.status_code == 200
                 body = r.json()
                 worker = r.headers[WORKER_HEADER]
@@ -324,8 +378,16 @@ def test_cache_aware_multi_turn_and_balance_thresholds():
         # thresholds (in flight: max - min > 2 and max > 1.5 min) the least loaded worker takes them
         msgs = convs[0] + [{"role": "user", "content": "burst"}]
         with ThreadPoolExecutor(12) as pool:
-            rs = list(pool.map(lambda i: httpx.post(router.url + "/v1/chat/completions", timeout=60, json={
-                "model": MODEL, "messages": msgs, "max_tokens": 30, "min_tokens": 30}), range(12)))
+            rs = list(
+                pool.map(
+                    lambda i: httpx.post(
+                        router.url + "/v1/chat/completions",
+                        timeout=60,
+                        json={"model": MODEL, "messages": msgs, "max_tokens": 30, "min_tokens": 30},
+                    ),
+                    range(12),
+                )
+            )
         assert all(r.status_code == 200 for r in rs)
         served = [r.headers[WORKER_HEADER] for r in rs]
         assert served.count(home[0]) >= 3
@@ -337,13 +399,20 @@ def test_cache_aware_multi_turn_and_balance_thresholds():
 
 def test_remove_worker_keeps_its_running_stream_and_add_brings_it_back(clean):
     a, b = clean[0], clean[1]
-    with SimWorker(model=MODEL, tokenizer="qwen3", decode_tokens_per_s=30) as slow, RouterProcess(
-            [slow.url, b.url], policy="round_robin", admin_key="admin-secret", health_check_interval=60) as router:
+    with (
+        SimWorker(model=MODEL, tokenizer="qwen3", decode_tokens_per_s=30) as slow,
+        RouterProcess(
+            [slow.url, b.url], policy="round_robin", admin_key="admin-secret", health_check_interval=60
+        ) as router,
+    ):
         out = {}
 
         def stream():
-            r = httpx.post(router.url + "/v1/chat/completions", timeout=60,
-                           json=chat("long", stream=True, max_tokens=40, min_tokens=40))
+            r = httpx.post(
+                router.url + "/v1/chat/completions",
+                timeout=60,
+                json=chat("long", stream=True, max_tokens=40, min_tokens=40),
+            )
             out["r"] = r
 
         # round robin from a fresh router: make sure the stream lands on the slow worker
@@ -374,9 +443,16 @@ def test_graceful_shutdown_on_sigterm():
             out = {}
 
             def stream(name: str, tokens: int):
-                out[name] = httpx.post(router.url + "/generate", timeout=60, json={
-                    "text": "hi", "rid": name, "stream": True,
-                    "sampling_params": {"max_new_tokens": tokens, "min_new_tokens": tokens}})
+                out[name] = httpx.post(
+                    router.url + "/generate",
+                    timeout=60,
+                    json={
+                        "text": "hi",
+                        "rid": name,
+                        "stream": True,
+                        "sampling_params": {"max_new_tokens": tokens, "min_new_tokens": tokens},
+                    },
+                )
 
             short = threading.Thread(target=stream, args=("short", 20))  # about 1 s
             long_ = threading.Thread(target=stream, args=("long", 400))  # about 20 s: cut at the deadline
@@ -408,6 +484,19 @@ def test_flags_reject_bad_session_and_breaker_values():
     import subprocess
     import sys
 
-    p = subprocess.run([sys.executable, "-m", "radixrouter.cli", "serve", "--breaker-cooldown", "-1",
-                        "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "radixrouter.cli",
+            "serve",
+            "--breaker-cooldown",
+            "-1",
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 2 and "--breaker-cooldown" in p.stderr

@@ -34,7 +34,8 @@ from simutil import SimWorkers  # noqa: E402
 
 POLICIES = "cache_aware,round_robin,least_load,power_of_two,random"
 DEFAULT_TARGETS = ",".join(
-    [f"radixrouter:{p}" for p in POLICIES.split(",")] + ["sglang-router:cache_aware", "sglang-router:round_robin"]
+    [f"radixrouter:{p}" for p in POLICIES.split(",")]
+    + ["sglang-router:cache_aware", "sglang-router:round_robin"]
 )
 KV_PER_WORKER = 16000
 WORKER_FLAGS = {
@@ -71,7 +72,9 @@ async def run_target(label: str, url: str, api_key: str | None, urls: list[str],
     ok = [r for r in results if r.ok]
     per_worker, prompt, cached, peak_kv = [], 0, 0, []
     for b, a in zip(before, after, strict=True):
-        per_worker.append(sum(a[k] - b[k] for k in ("chat_requests", "generate_requests", "completion_requests")))
+        per_worker.append(
+            sum(a[k] - b[k] for k in ("chat_requests", "generate_requests", "completion_requests"))
+        )
         prompt += a["prompt_tokens"] - b["prompt_tokens"]
         cached += a["cached_tokens"] - b["cached_tokens"]
         peak_kv.append(a["kv_evicted_tokens"] - b["kv_evicted_tokens"])
@@ -100,14 +103,19 @@ async def amain(args: argparse.Namespace) -> int:
     sc = scenario(args.conversations)
     specs = [t.strip() for t in args.targets.split(",") if t.strip()]
     runs: dict[str, list[dict]] = {}
-    with SimWorkers(4, model=MODEL, tokenizer="qwen3", **sc.worker_flags) as fleet, SimWorkers(
-        1, model=MODEL, tokenizer="qwen3", **dict(WORKER_FLAGS, kv_cache_tokens=4 * KV_PER_WORKER)
-    ) as ideal:
+    with (
+        SimWorkers(4, model=MODEL, tokenizer="qwen3", **sc.worker_flags) as fleet,
+        SimWorkers(
+            1, model=MODEL, tokenizer="qwen3", **dict(WORKER_FLAGS, kv_cache_tokens=4 * KV_PER_WORKER)
+        ) as ideal,
+    ):
         for rep in range(args.repeat):  # interleaved: A B C ... A B C ...
             if not args.no_ideal:
                 row = await run_target("ideal single worker (4x KV)", ideal.urls[0], None, ideal.urls, sc)
                 runs.setdefault(row["target"], []).append(row)
-                print(f"[{rep + 1}] {row['target']}: {row['cache_hit_ratio']} {row['ttft_ms']}", file=sys.stderr)
+                print(
+                    f"[{rep + 1}] {row['target']}: {row['cache_hit_ratio']} {row['ttft_ms']}", file=sys.stderr
+                )
             for spec in specs:
                 target = make_target(spec)
                 if isinstance(target, Direct):
@@ -118,8 +126,12 @@ async def amain(args: argparse.Namespace) -> int:
                 finally:
                     target.stop()
                 runs.setdefault(row["target"], []).append(row)
-                print(f"[{rep + 1}] {row['target']}: hit {row['cache_hit_ratio']} ttft {row['ttft_ms']} "
-                      f"per worker {row['requests_per_worker']} errors {row['errors']}", file=sys.stderr, flush=True)
+                print(
+                    f"[{rep + 1}] {row['target']}: hit {row['cache_hit_ratio']} ttft {row['ttft_ms']} "
+                    f"per worker {row['requests_per_worker']} errors {row['errors']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     rows = [median_row(rs) for rs in runs.values()]
     ideal_hit = next((r["cache_hit_ratio"] for r in rows if r["target"].startswith("ideal")), None)
     for r in rows:
@@ -135,19 +147,26 @@ async def amain(args: argparse.Namespace) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fleet.json").write_text(json.dumps({"meta": meta, "results": rows,
-                                                "runs": [x for rs in runs.values() for x in rs]}, indent=1) + "\n")
+    (out / "fleet.json").write_text(
+        json.dumps({"meta": meta, "results": rows, "runs": [x for rs in runs.values() for x in rs]}, indent=1)
+        + "\n"
+    )
     print(markdown(meta, rows))
     return 0
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
-    out = [f"`{meta['command']}` ({meta['date']}, {meta['machine']}, median of {meta['repeat']} runs)", "",
-           "| target | hit ratio | vs ideal | TTFT p50 ms | TTFT p99 ms | requests per worker | busiest / mean | errors |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"`{meta['command']}` ({meta['date']}, {meta['machine']}, median of {meta['repeat']} runs)",
+        "",
+        "| target | hit ratio | vs ideal | TTFT p50 ms | TTFT p99 ms | requests per worker | busiest / mean | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {r['target']} | {r['cache_hit_ratio']} | {r.get('hit_vs_ideal', '')} | {r['ttft_ms']['p50']} | "
-                   f"{r['ttft_ms']['p99']} | {r['requests_per_worker']} | {r['busiest_vs_mean']} | {r['errors']} |")
+        out.append(
+            f"| {r['target']} | {r['cache_hit_ratio']} | {r.get('hit_vs_ideal', '')} | {r['ttft_ms']['p50']} | "
+            f"{r['ttft_ms']['p99']} | {r['requests_per_worker']} | {r['busiest_vs_mean']} | {r['errors']} |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -159,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ideal", action="store_true")
     p.add_argument("--out", default=str(REPO / "benches" / "results"))
     args = p.parse_args(argv)
-    args.command = ("python benches/e2e/fleet.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    args.command = (
+        "python benches/e2e/fleet.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    ).strip()
     return asyncio.run(amain(args))
 
 

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-
 log = logging.getLogger("radixrouter.workers")
 
 
@@ -57,7 +56,7 @@ class Worker:
         return f"Worker({self.url!r}, in_flight={self.in_flight}, healthy={self.healthy})"
 
     def breaker_state(self) -> str:
-        """"closed", "open" (cooling down) or "half_open" (cooled down; the next request is a trial)."""
+        """ "closed", "open" (cooling down) or "half_open" (cooled down; the next request is a trial)."""
         if not self.breaker_open_until:
             return "closed"
         return "half_open" if time.monotonic() >= self.breaker_open_until else "open"
@@ -129,7 +128,9 @@ class CacheAware:
 
     name = "cache_aware"
 
-    def __init__(self, cache: Any = None, threshold: float = 0.3, balance_abs: int = 32, balance_rel: float = 1.5):
+    def __init__(
+        self, cache: Any = None, threshold: float = 0.3, balance_abs: int = 32, balance_rel: float = 1.5
+    ):
         self.cache = cache
         self.threshold = threshold
         self.balance_abs = balance_abs
@@ -151,7 +152,9 @@ class CacheAware:
         best_chars = 0
         for w in candidates:
             chars = held.get(w.url, 0)
-            if chars > best_chars or (chars == best_chars and best is not None and w.in_flight < best.in_flight):
+            if chars > best_chars or (
+                chars == best_chars and best is not None and w.in_flight < best.in_flight
+            ):
                 best, best_chars = w, chars
         if best is None or best_chars < self.threshold * len(ctx.text):
             return _least_loaded(candidates)
@@ -186,9 +189,19 @@ class WorkerPool:
     affinity there).
     """
 
-    def __init__(self, urls: Iterable[str], policy: Policy, *, failure_threshold: int = 3, success_threshold: int = 1,
-                 breaker_threshold: int = 5, breaker_cooldown: float = 10.0, balance_abs: int = 32,
-                 balance_rel: float = 1.5, max_sessions: int = 100_000):
+    def __init__(
+        self,
+        urls: Iterable[str],
+        policy: Policy,
+        *,
+        failure_threshold: int = 3,
+        success_threshold: int = 1,
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 10.0,
+        balance_abs: int = 32,
+        balance_rel: float = 1.5,
+        max_sessions: int = 100_000,
+    ):
         self.policy = policy
         self.failure_threshold = max(1, failure_threshold)
         self.success_threshold = max(1, success_threshold)
@@ -237,7 +250,9 @@ class WorkerPool:
     def pick(self, ctx: RouteContext, exclude: set[Worker] | None = None) -> Worker | None:
         """The worker for this request, or None when no worker can take traffic (the caller answers 503)."""
         now = time.monotonic()
-        candidates = [w for w in self.workers.values() if (not exclude or w not in exclude) and self.routable(w, now)]
+        candidates = [
+            w for w in self.workers.values() if (not exclude or w not in exclude) and self.routable(w, now)
+        ]
         if not candidates:
             return None
         w = None
@@ -302,7 +317,9 @@ class WorkerPool:
         w.breaker_trial = False
         if self.breaker_threshold and (w.breaker_open_until or w.breaker_failures >= self.breaker_threshold):
             if not w.breaker_open_until:
-                log.warning("circuit breaker of %s open after %d failures in a row", w.url, w.breaker_failures)
+                log.warning(
+                    "circuit breaker of %s open after %d failures in a row", w.url, w.breaker_failures
+                )
             w.breaker_open_until = time.monotonic() + self.breaker_cooldown
 
     def request_done(self, w: Worker) -> None:
