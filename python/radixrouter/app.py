@@ -346,7 +346,7 @@ class App:
             from radixrouter.toolcalls import make_output_processor_factory
 
             self.output_processor_factory = make_output_processor_factory(
-                config.tool_call_parser, config.reasoning_parser)
+                config.tool_call_parser, config.reasoning_parser, constrained=True)
         self.routes: dict[str, tuple[str, Callable, str, int]] = {
             # path: (method, handler, metric route name, flags)   flags: 1 = auth, 2 = admin, 4 = generation
             "/v1/chat/completions": ("POST", self.chat_completions, "chat", 5),
@@ -886,6 +886,9 @@ class App:
         creq = parse_chat(req, self.model_name)
         if self.tokenizer is None or not self.tokenizer.has_chat_template:
             return await self._relay_chat(ex, req, creq)  # the worker applies its own template
+        if creq.tool_choice.mode in ("required", "function") and self.output_processor_factory is None:
+            raise bad("'tool_choice' 'required' or a named function needs a tool-call parser on the router "
+                      "(radixrouter serve --tool-call-parser ...)", "tool_choice")
         try:
             text = self.tokenizer.render(creq.messages, tools=creq.tools, add_generation_prompt=True,
                                          **creq.template_kwargs)
@@ -973,7 +976,7 @@ class App:
             w, data = await self._call(ex, ctx, "/v1/chat/completions", body, rid, consume)
         finally:
             watcher.cancel()
-        if self.cache is not None and key:
+        if self.cache is not None and key and w.healthy and not w.removed:
             try:
                 self.cache.insert(key, [], [], worker=w.url)
             except Exception:  # noqa: BLE001

@@ -12,8 +12,10 @@ Accepted and ignored (they do not change the generated text): ``user``, ``metada
 
 Rejected with a 400 (not silently wrong): non-text content parts (images, audio), ``audio`` /
 ``modalities`` other than text, ``prediction``, ``functions`` / ``function_call``, ``web_search_options``,
-``suffix``, ``best_of`` other than ``n``, and ``tool_choice`` ``required`` or a named function until tool
-calls are parsed.
+``suffix``, ``best_of`` other than ``n``, and ``tool_choice`` ``required`` or a named function when the router
+does not parse tool calls (no ``--tool-call-parser``). With a parser, ``required`` and a named function are
+enforced by constrained decoding (``sampling_params.json_schema``) and the constrained output is returned as
+``tool_calls``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from radixrouter.toolcalls import (
+    ToolChoice,
+    ToolRequestError,
+    tool_choice_json_schema,
+    validate_tool_choice,
+    validate_tools,
+)
 
 # ---------------------------------------------------------------------------- errors
 
@@ -288,7 +298,7 @@ class ChatRequest:
     messages: list[dict]
     tools: list[dict] | None
     template_kwargs: dict
-    tool_choice: Any = None  # as sent ("auto", "none", ...); read by output processors
+    tool_choice: ToolChoice | None = None  # validated; read by output processors
     parallel_tool_calls: bool | None = None
 
 
@@ -330,22 +340,28 @@ def parse_chat(req: Any, served: str) -> ChatRequest:
     if tl and not lp:
         raise bad("'top_logprobs' requires 'logprobs': true", "top_logprobs")
     p.logprobs, p.top_logprobs = lp, tl or 0
-    tools = req.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-            raise bad("'tools' must be an array of objects", "tools")
-        if not tools:
-            tools = None
-    tc = req.get("tool_choice")
-    if tc is not None and tc not in ("auto", "none"):
-        raise bad("'tool_choice' other than 'auto' or 'none' is not supported yet", "tool_choice")
-    if tc == "none":
-        tools = None
+    try:
+        tools = validate_tools(req.get("tools")) or None
+        tc = validate_tool_choice(req.get("tool_choice"), tools)
+    except ToolRequestError as e:
+        raise bad(str(e), e.param) from None
     kw = req.get("chat_template_kwargs")
     if kw is None:
         kw = {}
     elif not isinstance(kw, dict):
         raise bad("'chat_template_kwargs' must be an object", "chat_template_kwargs")
+    if tc.mode == "none":
+        tools = None
+    elif tc.mode in ("required", "function"):
+        # Constrained decoding: the worker must produce the call (an array of {name, parameters} for
+        # 'required', the named function's arguments otherwise); the constraint binds from the first token,
+        # so reasoning templates render with thinking off unless the client says otherwise.
+        if any(k in p.sampling for k in ("json_schema", "regex", "ebnf")):
+            raise bad("'tool_choice' 'required' or a named function cannot be combined with 'response_format', "
+                      "'regex' or 'ebnf'", "tool_choice")
+        p.sampling["json_schema"] = orjson.dumps(tool_choice_json_schema(tools or [], tc)).decode()
+        kw = dict(kw)
+        kw.setdefault("enable_thinking", False)
     ptc = req.get("parallel_tool_calls")
     if ptc is not None and not isinstance(ptc, bool):
         raise bad("'parallel_tool_calls' must be a boolean", "parallel_tool_calls")
