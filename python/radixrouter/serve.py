@@ -199,6 +199,8 @@ def _load_app(cfg: Config):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # one prompt at a time on the event loop: tokenizers' thread pool would only add a thread hop per call
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         cfg = parse_config(argv)
         if cfg.model_path or cfg.tokenizer:

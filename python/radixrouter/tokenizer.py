@@ -410,7 +410,15 @@ class ChatTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; special-token text is recognized, no BOS/EOS is added."""
-        return self._encoding(text).ids
+        # `encode_batch_fast` skips the char offsets `encode` computes (about 15% of the cost of a prompt;
+        # same ids). `radixrouter serve` sets TOKENIZERS_PARALLELISM=false, so a batch of one runs here and
+        # not on tokenizers' thread pool.
+        try:
+            return self._tok.encode_batch_fast([text], add_special_tokens=False)[0].ids
+        except TypeError:
+            if isinstance(text, str):  # tokenizers refuses strings it cannot encode as UTF-8
+                raise ValueError("the text is not valid Unicode (it has lone surrogates)") from None
+            raise
 
     def _encoding(self, text: str) -> Any:
         try:
