@@ -821,8 +821,8 @@ class App:
         return out, done
 
     # ------------------------------------------------------------------ prompts and cache
-    def _gen_body(self, prompt_ids: list[int] | None, text: str | None, sampling: dict, stream: bool, rid: str,
-                  logprobs: bool = False, top: int = 0) -> bytes:
+    def _gen_body(self, prompt_ids: list[int] | orjson.Fragment | None, text: str | None, sampling: dict,
+                  stream: bool, rid: str, logprobs: bool = False, top: int = 0) -> bytes:
         body: dict[str, Any] = {"sampling_params": sampling, "stream": stream, "rid": rid}
         if prompt_ids is not None:
             body["input_ids"] = prompt_ids
@@ -841,6 +841,14 @@ class App:
             return None, None
         prompt = self.builder.tokenize(text)
         return prompt, prompt.ids
+
+    def _prepare_json(self, text: str):
+        """(prompt object or None, input ids as an orjson.Fragment or None): the JSON array of the ids
+        goes into the request body as is, without a Python list of them (most come from the cache)."""
+        if self.builder is None:
+            return None, None
+        prompt = self.builder.tokenize(text)
+        return prompt, orjson.Fragment(prompt.ids_json())
 
     def _pin(self, text: str | None):
         """Pin the cached path of a running request's prompt (never evicted until released)."""
@@ -894,7 +902,7 @@ class App:
                                          **creq.template_kwargs)
         except ValueError as e:
             raise bad(f"the chat template failed on these messages: {e}", "messages") from None
-        prompt, ids = self._prepare(text)
+        prompt, ids = self._prepare_json(text)
         p = creq.params
         ctx = RouteContext(text=text)
         cid = "chatcmpl-" + new_id()
