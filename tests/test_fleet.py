@@ -439,7 +439,7 @@ def test_remove_worker_keeps_its_running_stream_and_add_brings_it_back(clean):
 
 def test_graceful_shutdown_on_sigterm():
     with SimWorker(model=MODEL, tokenizer="qwen3", decode_tokens_per_s=20) as w:
-        router = RouterProcess([w.url], shutdown_timeout=2.0, health_check_interval=60).start()
+        router = RouterProcess([w.url], shutdown_timeout=3.0, health_check_interval=60).start()
         try:
             out = {}
 
@@ -455,7 +455,9 @@ def test_graceful_shutdown_on_sigterm():
                     },
                 )
 
-            short = threading.Thread(target=stream, args=("short", 20))  # about 1 s
+            short = threading.Thread(
+                target=stream, args=("short", 20)
+            )  # about 1 s: well inside the 3 s deadline
             long_ = threading.Thread(target=stream, args=("long", 400))  # about 20 s: cut at the deadline
             short.start()
             long_.start()
