@@ -174,3 +174,18 @@ def test_session_key_config():
     assert app._session_header == b"x-session-id" and not app._session_user
     app = create_app(Config(session_key="X-Conversation"))
     assert app._session_header == b"x-conversation"
+
+
+def test_cache_aware_equal_matches_go_by_load_and_spread():
+    cache = radixrouter.PrefixCache()
+    p = WorkerPool(URLS, CacheAware(cache))
+    for w in p.list():
+        p.report_success(w)
+    ws = p.list()
+    shared = "a system prompt every conversation starts with. " * 10
+    for w in ws[:3]:
+        cache.insert(shared, [], [], worker=w.url)  # three workers hold it equally; ws[3] does not
+    ctx = RouteContext(text=shared + "a new question")
+    ws[0].in_flight = 2
+    picks = Counter(p.pick(ctx).url for _ in range(100))
+    assert set(picks) == {ws[1].url, ws[2].url} and min(picks.values()) > 10, picks

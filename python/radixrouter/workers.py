@@ -148,17 +148,11 @@ class CacheAware:
         held = self.cache.match(ctx.text).workers
         if not held:
             return _least_loaded(candidates)
-        best: Worker | None = None
-        best_chars = 0
-        for w in candidates:
-            chars = held.get(w.url, 0)
-            if chars > best_chars or (
-                chars == best_chars and best is not None and w.in_flight < best.in_flight
-            ):
-                best, best_chars = w, chars
-        if best is None or best_chars < self.threshold * len(ctx.text):
+        best_chars = max(held.get(w.url, 0) for w in candidates)
+        if not best_chars or best_chars < self.threshold * len(ctx.text):
             return _least_loaded(candidates)
-        return best
+        # the longest match; several workers holding it equally: the least loaded (at random among equals)
+        return _least_loaded([w for w in candidates if held.get(w.url, 0) == best_chars])
 
 
 def make_policy(name: str, cache: Any = None, **kwargs: Any) -> Policy:
