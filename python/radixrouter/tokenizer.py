@@ -57,6 +57,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -245,6 +246,7 @@ class ChatTokenizer:
         self.stop_token_ids = stop
         self._token_text: dict[int, str] = {}
         self._byte_level = isinstance(tokenizer.decoder, decoders.ByteLevel)
+        self._ascii = _AsciiEncoder.build(tokenizer)  # None unless this tokenizer's pipeline allows it
         self._lead: bytes | array[int] | None = None  # built on first use (about 0.3 s for 150k ids)
 
         # Templates: one string, or named ones ("default", "tool_use", ...).
@@ -410,6 +412,11 @@ class ChatTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; special-token text is recognized, no BOS/EOS is added."""
+        fast = self._ascii
+        if fast is not None and text.isascii():
+            ids = fast.encode(text)
+            if ids is not None:
+                return ids
         # `encode_batch_fast` skips the char offsets `encode` computes (about 15% of the cost of a prompt;
         # same ids). `radixrouter serve` sets TOKENIZERS_PARALLELISM=false, so a batch of one runs here and
         # not on tokenizers' thread pool.
@@ -514,6 +521,171 @@ def _lead_byte_table(tokenizer: Tokenizer) -> bytes | array[int]:
             counts.extend([0] * (tid + 1 - len(counts)))
         counts[tid] = len(added.content)  # added tokens are matched as plain text
     return bytes(counts) if max(counts, default=0) < 256 else array("I", counts)
+
+
+# GPT-2's byte-to-character table (byte-level BPE), for the ASCII bytes
+def _byte_level_ascii() -> dict[int, str]:
+    keep = set(range(ord("!"), ord("~") + 1))
+    table, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            if b < 128:
+                table[b] = chr(b)
+        else:
+            if b < 128:
+                table[b] = chr(256 + n)
+            n += 1
+    return table
+
+
+_UNICODE_NORMALIZERS = ("NFC", "NFD", "NFKC", "NFKD")  # all leave ASCII text unchanged
+
+
+class _AsciiEncoder:
+    """Token ids of ASCII text without the tokenizers pipeline, for byte-level BPE tokenizers whose
+    pre-tokenizer is one ``Split`` regex (Isolated) followed by ``ByteLevel`` without its own regex (Qwen,
+    Llama-3, DeepSeek, GPT-4 style) and whose normalizer, if any, is Unicode normalization (a no-op on
+    ASCII). Same steps as tokenizers: split at added tokens (leftmost-longest), split the rest with the
+    pre-tokenizer's regex (``\\p{L}`` / ``\\p{N}`` are ``[A-Za-z]`` / ``[0-9]`` on ASCII, compiled with
+    ``re.ASCII``), map each piece to byte-level characters and run the BPE model on it, with a cache of
+    piece -> ids. About 5x cheaper than ``Tokenizer.encode`` on a chat prompt; ``encode`` returns None
+    (the caller falls back to tokenizers) whenever the regex would leave a character to a gap.
+    ``build`` refuses any other pipeline and checks itself against the tokenizer on probe strings."""
+
+    __slots__ = ("_added", "_added_re", "_split", "_model", "_table", "_pieces")
+
+    _MAX_PIECES = 1 << 16
+    _MAX_PIECE_LEN = 64
+
+    def __init__(self, added: dict[str, int], split: re.Pattern, model: Any) -> None:
+        self._added = added
+        self._added_re = (
+            re.compile("|".join(re.escape(c) for c in sorted(added, key=len, reverse=True)))
+            if added
+            else None
+        )
+        self._split = split
+        self._model = model
+        self._table = _byte_level_ascii()
+        self._pieces: dict[str, list[int]] = {}
+
+    @classmethod
+    def build(cls, tok: Tokenizer) -> _AsciiEncoder | None:
+        try:
+            pre = json.loads(tok.pre_tokenizer.__getstate__()) if tok.pre_tokenizer is not None else None
+            norm = json.loads(tok.normalizer.__getstate__()) if tok.normalizer is not None else None
+            model = json.loads(tok.model.__getstate__())
+        except Exception:  # noqa: BLE001 - an unfamiliar tokenizer: no fast path
+            return None
+        if not isinstance(pre, dict) or pre.get("type") != "Sequence":
+            return None
+        parts = pre.get("pretokenizers") or []
+        if len(parts) != 2:
+            return None
+        split, bl = parts
+        if (
+            split.get("type") != "Split"
+            or split.get("behavior") != "Isolated"
+            or split.get("invert")
+            or not isinstance(split.get("pattern"), dict)
+            or not isinstance(split["pattern"].get("Regex"), str)
+            or bl.get("type") != "ByteLevel"
+            or bl.get("use_regex")
+            or bl.get("add_prefix_space")
+        ):
+            return None
+        if norm is not None:
+            norms = norm.get("normalizers") if norm.get("type") == "Sequence" else [norm]
+            if not all(isinstance(n, dict) and n.get("type") in _UNICODE_NORMALIZERS for n in norms or ()):
+                return None
+        if model.get("type") != "BPE" or model.get("dropout") or tok.encode_special_tokens:
+            return None
+        added: dict[str, int] = {}
+        for tid, a in tok.get_added_tokens_decoder().items():
+            if a.normalized or a.lstrip or a.rstrip or a.single_word or not a.content:
+                return None
+            added[a.content] = tid
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # e.g. FutureWarning "possible set union": not the same regex
+                regex = _ascii_regex(split["pattern"]["Regex"])
+        except (ValueError, re.error, Warning):
+            return None
+        if regex.groups or regex.search("") is not None:
+            return None
+        enc = cls(added, regex, tok.model)
+        probes = [
+            "Hello, world! It's 3.14 o'clock\n\n  x\ty  \r\n",
+            " a  b   c\n \n\n\t\x0b\x0c\x1c\x00\x7f END'LL 'S's 12345 __init__() {x: [1, 2]} <tag/> ",
+            *(f"a{c}b {c} {c}{c}\n" for c in added),
+        ]
+        for probe in probes:
+            got = enc.encode(probe)
+            if got is not None and got != tok.encode(probe, add_special_tokens=False).ids:
+                return None
+        return enc
+
+    def encode(self, text: str) -> list[int] | None:
+        ids: list[int] = []
+        pos = 0
+        if self._added_re is not None:
+            added = self._added
+            for m in self._added_re.finditer(text):
+                start = m.start()
+                if start > pos and not self._segment(text[pos:start], ids):
+                    return None
+                ids.append(added[m.group()])
+                pos = m.end()
+        if pos < len(text) and not self._segment(text[pos:] if pos else text, ids):
+            return None
+        return ids
+
+    def _segment(self, seg: str, ids: list[int]) -> bool:
+        pieces = self._split.findall(seg)
+        if sum(map(len, pieces)) != len(seg):
+            return False  # a gap between matches: leave it to tokenizers
+        cache = self._pieces
+        for piece in pieces:
+            got = cache.get(piece)
+            if got is None:
+                got = [t.id for t in self._model.tokenize(piece.translate(self._table))]
+                if len(piece) <= self._MAX_PIECE_LEN:
+                    if len(cache) >= self._MAX_PIECES:
+                        cache.clear()
+                    cache[piece] = got
+            ids += got
+        return True
+
+
+def _ascii_regex(pattern: str) -> re.Pattern:
+    """An onig pattern as a Python regex for ASCII text: ``\\p{L}`` -> ``A-Za-z``, ``\\p{N}`` -> ``0-9``
+    (inside or outside a class); any other ``\\p``/``\\P`` is refused."""
+    out = []
+    i, depth = 0, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            nxt = pattern[i + 1 : i + 2]
+            if nxt in ("p", "P"):
+                m = re.match(r"\\p\{(L|N)\}", pattern[i:])
+                if m is None:
+                    raise ValueError(f"unsupported class {pattern[i : i + 10]!r}")
+                cls = "A-Za-z" if m.group(1) == "L" else "0-9"
+                out.append(cls if depth else f"[{cls}]")
+                i += m.end()
+                continue
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if c == "[":
+            if depth:
+                raise ValueError("nested character class")  # a set inside a set in onig, a literal in Python
+            depth += 1
+        elif c == "]" and depth:
+            depth -= 1
+        out.append(c)
+        i += 1
+    return re.compile("".join(out), re.ASCII)
 
 
 def _load_tokenizer(path: Path) -> Tokenizer:
