@@ -202,6 +202,18 @@ class Response:
         return buf
 
     def _feed_chunked(self, data: bytes) -> None:
+        # the common case of a stream, one whole chunk per read (`size CRLF data CRLF`), without the loop
+        if self._cstate == _C_SIZE and not self._cbuf:
+            i = data.find(b"\r\n", 0, 18)
+            if i > 0:
+                try:  # (an extension or anything odd in the size line: the general path below)
+                    size = int(data[:i], 16)
+                except ValueError:
+                    size = 0
+                end = i + 2 + size
+                if size > 0 and len(data) == end + 2 and data[end:] == b"\r\n":
+                    self._push(data[i + 2 : end])
+                    return
         # one pass with a moving offset (no copying of the remaining buffer per chunk); a partial size
         # line or CRLF left at the end waits in _cbuf for the next read
         if self._cbuf:
