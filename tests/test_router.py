@@ -682,7 +682,10 @@ def test_first_token_timeout_retries_and_aborts(sims, path, body):
         r = post(router.url + path, body, key=None)
         assert r.status_code == 200
         check_stream_bytes(r.content)
-        s = sims[0].stats()
+        # The abort of the stalled attempt is sent in the background while the retry runs: wait (bounded).
+        deadline = time.monotonic() + 10
+        while not (s := sims[0].stats())["abort_rids"] and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert len(s["abort_rids"]) == 1  # the stalled attempt was aborted on the worker
         assert s["pending_faults"] == []
 
