@@ -34,7 +34,7 @@ import radixrouter
 from radixrouter import SseDecoder, encode_event
 from radixrouter.config import Config
 from radixrouter.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from radixrouter.metrics import Metrics
+from radixrouter.metrics import Metrics, mark_frame
 from radixrouter.openai_api import (
     ApiError,
     ChatRequest,
@@ -965,11 +965,7 @@ class App:
                     if not ex.started:
                         await self._start_sse(ex, w)
                     emitted = True
-                    now = time.perf_counter()
-                    if stats[0] is None:
-                        stats[0] = now
-                    stats[1] = now
-                    stats[2] += 1
+                    mark_frame(stats)
                 if done:
                     out.append(_DONE)
                     if not ex.started:
@@ -1146,11 +1142,7 @@ class App:
                     out.append(_DONE)
                     if not ex.started:
                         await self._start_sse(ex, w)
-                    now = time.perf_counter()
-                    if stats[0] is None:
-                        stats[0] = now
-                    stats[1] = now
-                    stats[2] += 1
+                    mark_frame(stats)
                     await send(_body(b"".join(out), False))
                     if ch.mode and w.stream_mode is None:
                         w.stream_mode = ch.mode
@@ -1161,11 +1153,7 @@ class App:
                 if out:
                     if not ex.started:
                         await self._start_sse(ex, w)
-                    now = time.perf_counter()
-                    if stats[0] is None:
-                        stats[0] = now
-                    stats[1] = now
-                    stats[2] += 1
+                    mark_frame(stats)
                     await send(_body(b"".join(out), True))
 
         await self._call(ex, ctx, "/generate", body, rid, consume)
@@ -1547,11 +1535,7 @@ class App:
                 if not ex.started:
                     await self._start_sse(ex, w)
                 emitted = True
-                now = time.perf_counter()
-                if stats[0] is None:
-                    stats[0] = now
-                stats[1] = now
-                stats[2] += 1
+                mark_frame(stats)
                 await send(_body(chunk, True))
                 if done:
                     break

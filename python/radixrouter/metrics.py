@@ -8,6 +8,7 @@ chunks sent to the client.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -145,3 +146,13 @@ class _Collector(Collector):
             ):
                 if key in stats:
                     yield kind(name, doc, value=stats[key])
+
+
+def mark_frame(stats: list) -> None:
+    """Streaming stats of one response, [first frame time, last frame time, frames sent]: one more frame now
+    (what the time-to-first-token and inter-token histograms are observed from)."""
+    now = time.perf_counter()
+    if stats[0] is None:
+        stats[0] = now
+    stats[1] = now
+    stats[2] += 1

@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from radixrouter import SseDecoder, encode_event
+from radixrouter.metrics import mark_frame
 from radixrouter.models_config import ModelSpec
 from radixrouter.openai_api import ApiError, bad
 from radixrouter.upstream import TRANSPORT_ERRORS
@@ -385,11 +386,7 @@ class Relay:
                         data = data.replace("\n", " ")
                     out.append(encode_event(data))
                 if out or done:
-                    now = time.perf_counter()
-                    if stats[0] is None:
-                        stats[0] = now
-                    stats[1] = now
-                    stats[2] += 1
+                    mark_frame(stats)
                 if done:
                     out.append(_DONE)
                     await self._send(ex, w, resp, out, False)
