@@ -121,6 +121,48 @@ class Exchange:
         return None
 
 
+class DisconnectWatch:
+    """Cancels ``task`` when the client disconnects. granian's ``receive()`` returns a future, so the watch
+    is a done-callback on it: no Task (and no extra event-loop step to cancel one) per request. A
+    coroutine ``receive`` (other ASGI servers, tests) is wrapped in a Task."""
+
+    __slots__ = ("ex", "task", "fut", "done")
+
+    def __init__(self, ex: Exchange, task: asyncio.Task | None) -> None:
+        self.ex = ex
+        self.task = task
+        self.fut: Any = None
+        self.done = False
+        self._arm()
+
+    def _arm(self) -> None:
+        aw = self.ex.receive()
+        if not hasattr(aw, "add_done_callback"):
+            aw = asyncio.ensure_future(aw)
+        self.fut = aw
+        aw.add_done_callback(self._on_message)
+
+    def _on_message(self, fut: Any) -> None:
+        if self.done or fut.cancelled():
+            return
+        try:
+            msg = fut.result()
+        except Exception:  # noqa: BLE001 - the server gave up on the connection: nothing to watch
+            return
+        if msg.get("type") == "http.disconnect":
+            self.ex.disconnected = True
+            if self.task is not None:
+                self.task.cancel()
+        else:
+            self._arm()  # (a stray body message: keep watching)
+
+    def cancel(self) -> None:
+        self.done = True
+        fut = self.fut
+        if fut is not None and not fut.done():
+            fut.cancel()
+
+
 def _worker_error(status: int, data: bytes, url: str) -> ApiError:
     """An OpenAI error object from a worker's error response (SGLang answers {"error": {"message": ...}})."""
     msg = None
@@ -632,21 +674,9 @@ class App:
         ex.started = True
         await ex.send(start)
 
-    def _watch(self, ex: Exchange) -> asyncio.Task:
-        """A task that cancels the current request when the client disconnects."""
-        task = asyncio.current_task()
-        receive = ex.receive
-
-        async def watcher() -> None:
-            while True:
-                msg = await receive()
-                if msg["type"] == "http.disconnect":
-                    ex.disconnected = True
-                    if task is not None:
-                        task.cancel()
-                    return
-
-        return asyncio.get_running_loop().create_task(watcher())
+    def _watch(self, ex: Exchange) -> DisconnectWatch:
+        """Cancel the current request when the client disconnects (``.cancel()`` the watch when done)."""
+        return DisconnectWatch(ex, asyncio.current_task())
 
     # ------------------------------------------------------------------ the upstream call with retries
     async def _call(self, ex: Exchange, ctx: RouteContext, path: str, body: bytes, rid: str, consume, *,
