@@ -17,6 +17,7 @@ Chat output text passes through an optional per-request *output processor* (reas
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import itertools
 import logging
@@ -365,6 +366,9 @@ class App:
         self._stopping: set[Exchange] = set()  # requests cancelled by the shutdown deadline
         self._draining = False
         self.handle_sigterm = False  # `radixrouter serve` sets it: SIGTERM drains (see _on_sigterm)
+        # `radixrouter serve` sets it: after startup, move everything allocated so far (tokenizer tables, the
+        # template, modules) out of the garbage collector's reach, so its full collections stay cheap
+        self.freeze_gc = False
         # relayed models (OpenAI-compatible upstreams, other SGLang models): radixrouter.relay
         from radixrouter.models_config import build_models
         from radixrouter.relay import Relay
@@ -484,6 +488,8 @@ class App:
                 state = scope.get("state")
                 if isinstance(state, dict):
                     state["router"] = self
+                if self.freeze_gc:
+                    gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif t == "lifespan.shutdown":
                 await self.shutdown()

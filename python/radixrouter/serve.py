@@ -194,6 +194,7 @@ def _load_app(cfg: Config):
 
     app = create_app(cfg)
     app.handle_sigterm = True  # drain on SIGTERM (App._on_sigterm), then granian stops
+    app.freeze_gc = True  # gc.freeze() once started (this process serves nothing else)
     return app
 
 
