@@ -101,7 +101,9 @@ class ClientGone(Exception):
 
 
 class Exchange:
-    """One HTTP request/response in flight."""
+    """One HTTP request/response in flight, over ASGI. The handlers use ``receive()`` / ``send(message)``
+    with ASGI messages, ``header(name)``, ``headers()``, ``path``, ``method`` and ``query_string``;
+    ``RsgiExchange`` offers the same over granian's RSGI protocol."""
 
     __slots__ = ("scope", "receive", "send", "started", "disconnected", "t0", "worker_header", "session")
 
@@ -115,11 +117,127 @@ class Exchange:
         self.worker_header: bytes | None = None
         self.session: str | None = None  # session-affinity key (App._session)
 
+    @property
+    def path(self) -> str:
+        return self.scope["path"]
+
+    @property
+    def method(self) -> str:
+        return self.scope["method"]
+
+    @property
+    def query_string(self) -> bytes:
+        return self.scope.get("query_string") or b""
+
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.scope["headers"]:
             if k == name:
                 return v
         return None
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return self.scope["headers"]
+
+
+_DISCONNECT = {"type": "http.disconnect"}
+
+
+class RsgiExchange:
+    """One HTTP request/response over granian's RSGI protocol, with the ASGI-shaped ``receive`` / ``send``
+    the handlers use, so one code path serves both. What it saves per request is granian's ASGI layer: the
+    scope dict, the header list, the message dicts converted in Rust, an awaitable per ``receive``.
+
+    ``receive()`` gives the body (at once when a Content-Length within ``body_limit`` announces it, else
+    chunk by chunk, so an oversized body is drained, never buffered), then a future that resolves to
+    ``http.disconnect`` when the client goes away. ``send`` answers a body sent with ``more_body: False``
+    as one response and opens a stream otherwise; a send after the client left is dropped (as granian's
+    ASGI does)."""
+
+    __slots__ = ("scope", "proto", "started", "disconnected", "t0", "worker_header", "session", "path", "method",
+                 "_limit", "_body_done", "_chunks", "_start", "_stream")
+
+    def __init__(self, scope, proto, body_limit: int):
+        self.scope = scope
+        self.proto = proto
+        self.path: str = scope.path
+        self.method: str = scope.method
+        self.started = False
+        self.disconnected = False
+        self.t0 = time.perf_counter()
+        self.worker_header: bytes | None = None
+        self.session: str | None = None
+        self._limit = body_limit
+        self._body_done = False
+        self._chunks: Any = None
+        self._start: dict | None = None
+        self._stream: Any = None
+
+    @property
+    def query_string(self) -> bytes:
+        return self.scope.query_string.encode("latin-1")
+
+    def header(self, name: bytes) -> bytes | None:
+        v = self.scope.headers.get(name.decode("latin-1"))
+        return None if v is None else v.encode("latin-1")
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.scope.headers.items()]
+
+    def receive(self) -> Any:
+        if not self._body_done:
+            return self._read()
+        fut = asyncio.get_running_loop().create_future()
+
+        def gone(_: Any) -> None:
+            if not fut.done():
+                fut.set_result(_DISCONNECT)
+
+        self.proto.client_disconnect().add_done_callback(gone)
+        return fut
+
+    async def _read(self) -> dict:
+        it = self._chunks
+        if it is None:
+            cl = self.scope.headers.get("content-length")
+            if cl is not None and cl.isdigit() and int(cl) <= self._limit:
+                self._body_done = True
+                return {"type": "http.request", "body": await self.proto(), "more_body": False}
+            it = self._chunks = self.proto.__aiter__()
+        try:
+            chunk = await it.__anext__()
+        except StopAsyncIteration:
+            self._body_done = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(self, msg: dict) -> None:
+        if msg["type"] == "http.response.start":
+            self._start = msg
+            return
+        stream = self._stream
+        body = msg.get("body", b"")
+        if stream is None:
+            start = self._start
+            if start is None:
+                raise RuntimeError("http.response.body before http.response.start")
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start["headers"]]
+            if not msg.get("more_body", False):
+                self._stream = False
+                self.proto.response_bytes(start["status"], headers, body)
+                return
+            stream = self._stream = self.proto.response_stream(start["status"], headers)
+        if body and stream is not False:
+            try:
+                await stream.send_bytes(body)
+            except _RsgiClosed:
+                self.disconnected = True
+
+
+try:
+    from granian.rsgi import ProtocolClosed as _RsgiClosed
+except ImportError:  # granian is a dependency; this keeps the module importable without it
+    class _RsgiClosed(Exception):  # type: ignore[no-redef]
+        pass
 
 
 class DisconnectWatch:
@@ -535,17 +653,41 @@ class App:
             return
         if not self._started:
             await self.startup()
-        ex = Exchange(scope, receive, send)
-        route = self.routes.get(scope["path"])
+        await self._serve(Exchange(scope, receive, send))
+
+    # ------------------------------------------------------------------ RSGI entry (what `radixrouter serve` runs)
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """granian calls this in the worker process before serving (the loop is not running yet)."""
+        loop.run_until_complete(self.startup())
+        if self.freeze_gc:
+            gc.freeze()
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.shutdown())
+
+    async def __rsgi__(self, scope, proto) -> None:
+        if not self._started:
+            await self.startup()
+        ex = RsgiExchange(scope, proto, self.config.max_body_bytes)
+        try:
+            await self._serve(ex)
+        finally:
+            # granian ends a streamed response when its transport is released; a traceback cycle that
+            # still holds this exchange must not keep the client waiting for the garbage collector
+            ex._stream = None
+
+    async def _serve(self, ex: Exchange | RsgiExchange) -> None:
+        path = ex.path
+        route = self.routes.get(path)
         name = "other"
         status = 500
         counted = False
         try:
             if route is None:
-                raise ApiError(404, f"no route {scope['path']}", code="not_found")
+                raise ApiError(404, f"no route {path}", code="not_found")
             method, handler, name, flags = route
-            if scope["method"] != method:
-                raise ApiError(405, f"{scope['method']} is not allowed on {scope['path']}; use {method}")
+            if ex.method != method:
+                raise ApiError(405, f"{ex.method} is not allowed on {path}; use {method}")
             if flags & 3:
                 secret = self._admin_secret if flags & 2 else self._api_secret
                 if secret is not None:
@@ -583,7 +725,7 @@ class App:
                 self._stopping.discard(ex)
                 await self._send_error(ex, ApiError(503, "the router is shutting down", code="shutting_down"))
         except Exception:  # a bug: log it, answer 500 (never leave the client hanging)
-            log.exception("unhandled error on %s", scope["path"])
+            log.exception("unhandled error on %s", path)
             status = 500
             await self._send_error(ex, ApiError(500, "internal router error"))
         finally:
@@ -1622,7 +1764,7 @@ class App:
         })
 
     async def _worker_url_arg(self, ex: Exchange) -> str:
-        qs = ex.scope.get("query_string") or b""
+        qs = ex.query_string
         if qs:
             q = parse_qs(qs.decode("latin-1"))
             for key in ("url", "worker_url"):

@@ -14,6 +14,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1  # granian worker processes; each has its own prefix cache and metrics
+    interface: str = "rsgi"  # how granian calls the app: "rsgi" (its native protocol, less per request) or "asgi"
     log_level: str = "info"
 
     # fleet

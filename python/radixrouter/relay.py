@@ -268,7 +268,7 @@ class Relay:
         had_rid = "rid" in req
         path = _PATHS[endpoint]
         fwd = {}
-        for k, v in ex.scope["headers"]:
+        for k, v in ex.headers():
             if k in _FORWARD_REQUEST:
                 fwd[k.decode("latin-1")] = v.decode("latin-1")
 
