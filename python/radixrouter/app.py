@@ -1082,7 +1082,7 @@ class App:
             raise bad(f"the chat template failed on these messages: {e}", "messages") from None
         prompt, ids = self._prepare_json(text)
         p = creq.params
-        ctx = RouteContext(text=text)
+        ctx = RouteContext(text=text, match=prompt.match if prompt is not None else None)
         cid = "chatcmpl-" + new_id()
         created = int(time.time())
         watcher = self._watch(ex)
@@ -1524,7 +1524,7 @@ class App:
         for pr in creq.prompts:
             if isinstance(pr, str):
                 prompt, ids = self._prepare(pr)
-                prompts.append((prompt, pr, ids, RouteContext(text=pr)))
+                prompts.append((prompt, pr, ids, RouteContext(text=pr, match=prompt.match if prompt is not None else None)))
                 echo_texts.append(pr)
             else:
                 ptext = ""
@@ -1638,7 +1638,7 @@ class App:
             del req["text"]
             req["input_ids"] = prompt.ids
         body = _dumps(req)
-        ctx = RouteContext(text=text or "")
+        ctx = RouteContext(text=text or "", match=prompt.match if prompt is not None else None)
         want_lp = bool(req.get("return_logprob"))
         watcher = self._watch(ex)
         pin = self._pin(text)

@@ -61,14 +61,14 @@ import warnings
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from itertools import accumulate
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import minijinja
 import orjson
 from tokenizers import Tokenizer, decoders
+
+from radixrouter._core import token_char_ends
 
 __all__ = ["ChatTokenizer", "Prompt", "PromptBuilder", "TemplateError"]
 
@@ -462,20 +462,16 @@ class ChatTokenizer:
         """Whether the tokenizer is byte-level BPE (token ends can be computed from ids)."""
         return self._byte_level
 
-    def char_ends(self, ids: Sequence[int], start: int = 0) -> list[int]:
+    def char_ends(self, ids: Sequence[int] | array[int], start: int = 0) -> array[int]:
         """Each token's end offset in the text the ids spell, starting at ``start``: the number of
-        characters whose first UTF-8 byte lies in the tokens so far (a byte-level tokenizer's own offsets).
-        Byte-level tokenizers only."""
+        characters whose first UTF-8 byte lies in the tokens so far (a byte-level tokenizer's own offsets),
+        as ``array("I")`` (computed in Rust: ``radixrouter.token_char_ends``). Byte-level tokenizers only."""
         lead = self._lead
         if lead is None:
             if not self._byte_level:
                 raise ValueError("token ends from ids need a byte-level tokenizer")
             lead = self._lead = _lead_byte_table(self._tok)
-        if len(ids) < 2:
-            return [start + lead[ids[0]]] if ids else []
-        ends = list(accumulate(itemgetter(*ids)(lead), initial=start))
-        del ends[0]
-        return ends
+        return token_char_ends(ids, lead, start)
 
     @property
     def vocab_size(self) -> int:
@@ -867,7 +863,6 @@ class PromptBuilder:
         self.lookups = 0
         self.reused_tokens = 0
         self.backoffs = 0
-        self.fallbacks = 0
         self.recorded_outputs = 0
         self.rejected_outputs = 0
         self.exact_seams = tokenizer.byte_level and self._check_seams()
@@ -906,7 +901,7 @@ class PromptBuilder:
         k = n
         seams = self._seams
         if cached[-1] not in seams and not (
-            m.loss_mask[-1] and (seam == len(text) or text.startswith(self._seam_texts, seam))
+            m.loss_mask_array()[-1] and (seam == len(text) or text.startswith(self._seam_texts, seam))
         ):
             # Back off to the last added token.
             k -= 1
@@ -915,11 +910,7 @@ class PromptBuilder:
             self.backoffs += 1
             if k == 0:
                 return Prompt(text, tok.encode(text), 0, m)
-            dropped = tok.decode(cached[k:n].tolist(), skip_special_tokens=False)
-            seam -= len(dropped)
-            if seam < 0 or not text.startswith(dropped, seam):
-                self.fallbacks += 1
-                return Prompt(text, tok.encode(text), 0, m)
+            seam = m.ends_array()[k - 1]  # where the added token ends in the text
         rest = tok.encode(text[seam:]) if seam < len(text) else []
         self.reused_tokens += k
         return Prompt(text, rest, k, m)
@@ -959,12 +950,17 @@ class PromptBuilder:
         k = prompt.cached_tokens
         # What the cache held for reused tokens is passed on (it keeps its own data for a path it still
         # holds, this restores it if the path was evicted meanwhile); logprobs only when given for the
-        # output, so that a chat turn does not pay for them.
-        pre_mask = prompt.match.loss_mask[:k] if k else []
-        mask = pre_mask + [0] * (n_prompt - k) if any(pre_mask) else None
-        logprobs: list[float] | None = None
+        # output, so that a chat turn does not pay for them. Masks as bytes, logprobs as float32 arrays.
+        m = prompt.match
+        pre_mask = m.loss_mask_array().tobytes()[:k] if k else b""
+        mask: bytearray | None = None
+        if 1 in pre_mask:
+            mask = bytearray(pre_mask)
+            mask.extend(bytes(n_prompt - k))
+        logprobs: array[float] | None = None
         if output_logprobs is not None:
-            logprobs = (prompt.match.logprobs[:k] if k and mask else [0.0] * k) + [0.0] * (n_prompt - k)
+            logprobs = m.logprobs_array()[:k] if k and mask is not None else array("f", bytes(4 * k))
+            logprobs.frombytes(bytes(4 * (n_prompt - k)))
 
         out_text = self._output_text(output_text, out, finish_reason)
         out_ends = tok.char_ends(out, len(text)) if out_text is not None else None
@@ -977,10 +973,12 @@ class PromptBuilder:
             self.recorded_outputs += 1
             text += out_text
             ids.extend(out)
-            ends += out_ends
-            mask = (mask or [0] * n_prompt) + [1] * len(out)
+            ends.extend(out_ends)
+            if mask is None:
+                mask = bytearray(n_prompt)
+            mask.extend(b"\x01" * len(out))
             if logprobs is not None and output_logprobs is not None:
-                logprobs += [float(x) for x in output_logprobs]
+                logprobs.extend(float(x) for x in output_logprobs)
         else:
             if out:
                 self.rejected_outputs += 1

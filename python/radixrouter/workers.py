@@ -68,6 +68,7 @@ class RouteContext:
 
     text: str = ""  # the prompt text (the cache key); "" when unknown
     session: str | None = None
+    match: Any = None  # the cache's PrefixMatch of `text`, when the caller already looked it up
 
 
 class Policy(Protocol):
@@ -145,7 +146,7 @@ class CacheAware:
         lo, hi = min(loads), max(loads)
         if hi - lo > self.balance_abs and hi > lo * self.balance_rel:
             return _least_loaded(candidates)
-        held = self.cache.match(ctx.text).workers
+        held = (ctx.match or self.cache.match(ctx.text)).workers
         if not held:
             return _least_loaded(candidates)
         best_chars = max(held.get(w.url, 0) for w in candidates)
