@@ -56,17 +56,35 @@ pub fn token_char_ends<T: Copy + Into<u32>>(
     table: &[T],
     start: u32,
 ) -> Result<Vec<u32>, CharEndsError> {
-    let mut out = Vec::with_capacity(ids.len());
+    let n = table.len();
+    // Check every id first (a branch-free scan), so the main loop has no early exit.
+    if ids.iter().fold(false, |bad, &id| bad | (id as usize >= n)) {
+        let index = ids.iter().position(|&id| id as usize >= n).unwrap_or(0);
+        return Err(CharEndsError::UnknownId {
+            index,
+            id: ids[index],
+        });
+    }
+    let count = |id: u32| u64::from(table[(id as usize).min(n - 1)].into());
     let mut end = u64::from(start);
-    for (index, &id) in ids.iter().enumerate() {
-        let Some(&n) = table.get(id as usize) else {
-            return Err(CharEndsError::UnknownId { index, id });
-        };
-        end += u64::from(n.into());
-        let Ok(e) = u32::try_from(end) else {
-            return Err(CharEndsError::Overflow { index });
-        };
-        out.push(e);
+    let out = ids
+        .iter()
+        .map(|&id| {
+            end += count(id);
+            end as u32
+        })
+        .collect();
+    // Ends never decrease, so if the last one fits they all do (and were stored exactly).
+    if end > u64::from(u32::MAX) {
+        let mut e = u64::from(start);
+        let index = ids
+            .iter()
+            .position(|&id| {
+                e += count(id);
+                e > u64::from(u32::MAX)
+            })
+            .unwrap_or(0);
+        return Err(CharEndsError::Overflow { index });
     }
     Ok(out)
 }

@@ -225,33 +225,26 @@ impl Drop for Buffer {
 }
 
 /// Ints from an integer buffer, each checked to be in `0..=max`; None for other buffers.
-fn buffer_ints<T: TryFrom<i128>>(
-    what: &str,
-    obj: &Bound<'_, PyAny>,
-    max: i128,
-) -> Option<PyResult<Vec<T>>> {
+fn buffer_ints(what: &str, obj: &Bound<'_, PyAny>, max: u32) -> Option<PyResult<Vec<u32>>> {
     let buf = Buffer::get(obj)?;
     let item = buf.item()?;
+    // (max is 1 or u32::MAX.)
     let bad = |i: usize, v: i128| {
         PyValueError::new_err(if max == 1 {
             format!("{what}[{i}] must be 0 or 1")
         } else {
-            format!("{what}[{i}] = {v} is not in 0..{}", max + 1)
+            format!("{what}[{i}] = {v} is not in 0..2**32")
         })
     };
-    let convert = |v: i128| (0..=max).contains(&v).then(|| T::try_from(v).ok()).flatten();
+    let convert = |v: i128| u32::try_from(v).ok().filter(|&x| x <= max);
     let b = buf.bytes();
     let mut out = Vec::with_capacity(b.len() / buf.view.itemsize.max(1) as usize);
-    if item == Item::Unsigned(4) {
-        // The common case (array('I'), numpy uint32): a tight loop the compiler turns into a copy.
-        for (i, c) in b.chunks_exact(4).enumerate() {
-            let v = i128::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-            match convert(v) {
-                Some(x) => out.push(x),
-                None => return Some(Err(bad(i, v))),
-            }
-        }
-        return Some(Ok(out));
+    if item == Item::Unsigned(4) && max == u32::MAX {
+        // The common case (array('I'), numpy uint32): every value fits, a plain copy.
+        return Some(Ok(b
+            .chunks_exact(4)
+            .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()));
     }
     for (i, v) in buf.int_items(item)?.enumerate() {
         match convert(v) {
@@ -317,7 +310,7 @@ fn extract_u32s(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
             "{what} must be a sequence of ints, not str"
         )));
     }
-    if let Some(v) = buffer_ints(what, obj, i128::from(u32::MAX)) {
+    if let Some(v) = buffer_ints(what, obj, u32::MAX) {
         return v;
     }
     let mut out = Vec::new();
@@ -364,22 +357,23 @@ fn extract_f32s(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
 
 fn extract_mask(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     if !obj.is_instance_of::<PyList>() && !obj.is_instance_of::<PyString>() {
-        if let Some(v) = buffer_ints::<u8>("loss_mask", obj, 1) {
-            return v;
+        if let Some(v) = buffer_ints("loss_mask", obj, 1) {
+            // Every value is 0 or 1.
+            return v.map(|v| v.into_iter().map(|x| x as u8).collect());
         }
     }
     let mut out = Vec::new();
     for (i, item) in obj.try_iter()?.enumerate() {
         let item = item?;
-        if !item.is_instance_of::<PyInt>() {
-            return Err(PyTypeError::new_err(format!(
-                "loss_mask[{i}] must be 0 or 1, not {}",
-                type_name(&item)
-            )));
-        }
+        // Ints and int-likes (numpy integers); floats and others are a TypeError.
         match item.extract::<i64>() {
-            Ok(0) => out.push(0),
-            Ok(1) => out.push(1),
+            Ok(v @ (0 | 1)) => out.push(v as u8),
+            Err(_) if !item.is_instance_of::<PyInt>() => {
+                return Err(PyTypeError::new_err(format!(
+                    "loss_mask[{i}] must be 0 or 1, not {}",
+                    type_name(&item)
+                )))
+            }
             _ => {
                 return Err(PyValueError::new_err(format!(
                     "loss_mask[{i}] must be 0 or 1"
@@ -631,7 +625,7 @@ impl PyPrefixCache {
 }
 
 /// The longest cached prefix of a text (see `PrefixCache.match`).
-#[pyclass(frozen, name = "PrefixMatch", module = "radixrouter._core")]
+#[pyclass(frozen, freelist = 16, name = "PrefixMatch", module = "radixrouter._core")]
 pub struct PyPrefixMatch {
     m: Match,
 }
