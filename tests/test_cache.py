@@ -60,6 +60,8 @@ def test_match_shapes_and_compact_forms() -> None:
     assert memoryview(m.ids_bytes()).cast("I").tolist() == [100, 1]
     assert m.logprobs == [-0.5, -0.25]
     assert m.loss_mask == [0, 1]
+    assert m.logprobs_array() == array.array("f", [-0.5, -0.25])
+    assert m.loss_mask_array() == array.array("B", [0, 1])
     assert m.workers == {"w1": 10}
     assert "token_count=2" in repr(m)
     miss = c.match("gamma")
@@ -70,6 +72,7 @@ def test_match_shapes_and_compact_forms() -> None:
     c.insert("delta x", [101 + 2, 8], [5, 7])
     m = c.match("delta x")
     assert (m.logprobs, m.loss_mask) == ([0.0, 0.0], [0, 0])
+    assert (m.logprobs_array(), m.loss_mask_array()) == (array.array("f", [0, 0]), array.array("B", [0, 0]))
 
 
 def test_whole_tokens_only_at_divergence_inside_an_edge() -> None:

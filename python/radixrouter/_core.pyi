@@ -170,6 +170,11 @@ class PrefixMatch:
     def ends_array(self) -> array[int]:
         """The matched tokens' end offsets (``str`` indices) as ``array.array("I")``; the last is
         ``length``."""
+    def logprobs_array(self) -> array[float]:
+        """The logprobs as ``array.array("f")`` (float32, as stored; 0.0 where none was recorded)."""
+    def loss_mask_array(self) -> array[int]:
+        """The loss mask as ``array.array("B")`` (0 where none was recorded); e.g.
+        ``m.loss_mask_array()[-1]`` without building a list."""
     def __len__(self) -> int:
         """The number of matched tokens."""
 

@@ -714,6 +714,25 @@ impl PyPrefixMatch {
         u32_array(py, self.m.end_parts())
     }
 
+    /// The logprobs as ``array.array("f")`` (float32, as stored; 0.0 where none was recorded).
+    fn logprobs_array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let n = self.m.token_count();
+        let bits: Vec<u32> = match self.m.logprobs() {
+            Some(v) => v.iter().map(|x| x.to_bits()).collect(),
+            None => vec![0; n],
+        };
+        let raw = u32_bytes(py, std::iter::once(&bits[..]))?;
+        ARRAY_TYPE.import(py, "array", "array")?.call1(("f", raw))
+    }
+
+    /// The loss mask as ``array.array("B")`` (0 where none was recorded).
+    fn loss_mask_array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let n = self.m.token_count();
+        let mask = self.m.loss_mask().unwrap_or_else(|| vec![0; n]);
+        let raw = new_bytes(py, n, |w| w.put(&mask))?;
+        ARRAY_TYPE.import(py, "array", "array")?.call1(("B", raw))
+    }
+
     fn __len__(&self) -> usize {
         self.m.token_count()
     }
