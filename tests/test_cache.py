@@ -66,7 +66,8 @@ def test_match_shapes_and_compact_forms() -> None:
     assert "token_count=2" in repr(m)
     miss = c.match("gamma")
     assert (miss.length, miss.matched_chars, miss.token_ids, miss.ids_json()) == (0, 0, [], b"[]")
-    assert (miss.ids_bytes(), miss.ids_array(), miss.ends_array()) == (b"", array.array("I"), array.array("I"))
+    empty = array.array("I")
+    assert (miss.ids_bytes(), miss.ids_array(), miss.ends_array()) == (b"", empty, empty)
     assert miss.workers == {}
     # Without logprobs / mask the lists read as zeros.
     c.insert("delta x", [101 + 2, 8], [5, 7])

@@ -308,16 +308,19 @@ impl Match {
     }
 
     fn gather<T: Copy>(&self, get: impl Fn(&TokenData) -> Option<&[T]>, zero: T) -> Option<Vec<T>> {
-        self.segments.iter().any(|s| get(&s.toks).is_some()).then(|| {
-            let mut v = Vec::with_capacity(self.token_count);
-            for s in &self.segments {
-                match get(&s.toks) {
-                    Some(x) => v.extend_from_slice(&x[..s.n]),
-                    None => v.resize(v.len() + s.n, zero),
+        self.segments
+            .iter()
+            .any(|s| get(&s.toks).is_some())
+            .then(|| {
+                let mut v = Vec::with_capacity(self.token_count);
+                for s in &self.segments {
+                    match get(&s.toks) {
+                        Some(x) => v.extend_from_slice(&x[..s.n]),
+                        None => v.resize(v.len() + s.n, zero),
+                    }
                 }
-            }
-            v
-        })
+                v
+            })
     }
 }
 

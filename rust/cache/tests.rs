@@ -392,7 +392,9 @@ fn workers_and_remove_worker() {
     assert!(c.remove_worker("w2"));
     assert!(!c.remove_worker("w2"));
     assert_eq!(
-        c.lookup("shared prefix A and more").workers().collect::<Vec<_>>(),
+        c.lookup("shared prefix A and more")
+            .workers()
+            .collect::<Vec<_>>(),
         vec![("w1", 15)]
     );
     assert_eq!(

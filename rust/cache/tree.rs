@@ -177,7 +177,9 @@ impl Tree {
         let mut pos = 0;
         let mut reach = 0;
         while pos < qb.len() {
-            let Some(c) = q[pos..].chars().next() else { break };
+            let Some(c) = q[pos..].chars().next() else {
+                break;
+            };
             let Some(id) = self.child(cur, c) else { break };
             let node = self.node(id);
             // What the next steps read, fetched while the edge is compared.

@@ -391,8 +391,8 @@ fn new_bytes<'py>(
     len: usize,
     fill: impl FnOnce(&mut Writer),
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let size = ffi::Py_ssize_t::try_from(len)
-        .map_err(|_| PyValueError::new_err("result too large"))?;
+    let size =
+        ffi::Py_ssize_t::try_from(len).map_err(|_| PyValueError::new_err("result too large"))?;
     // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new bytes object with room for n
     // bytes (or NULL with an exception set); PyBytes_AsString points at that room. The writer
     // writes only inside it, and every byte is initialized before the object is shared.
@@ -466,7 +466,9 @@ fn token_char_ends<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let ids = extract_u32s("ids", ids)?;
     let buf = Buffer::get(table).ok_or_else(|| {
-        PyTypeError::new_err("table must be a buffer of unsigned integers (bytes, array('B') or array('I'))")
+        PyTypeError::new_err(
+            "table must be a buffer of unsigned integers (bytes, array('B') or array('I'))",
+        )
     })?;
     let ends = match buf.item() {
         Some(Item::Unsigned(1)) => token_char_ends_core(&ids, buf.bytes(), start),
@@ -625,7 +627,12 @@ impl PyPrefixCache {
 }
 
 /// The longest cached prefix of a text (see `PrefixCache.match`).
-#[pyclass(frozen, freelist = 16, name = "PrefixMatch", module = "radixrouter._core")]
+#[pyclass(
+    frozen,
+    freelist = 16,
+    name = "PrefixMatch",
+    module = "radixrouter._core"
+)]
 pub struct PyPrefixMatch {
     m: Match,
 }
