@@ -6,6 +6,8 @@ turn by turn (8 turns), ~4.5 characters per token with some non-ASCII letters.
 - match: the longest cached prefix of conversation 0 plus a new user turn (4,000 tokens),
   ids delivered in a compact form (JSON bytes / uint32 bytes) or as a list;
 - insert: a 4,000-token sequence whose first 3,500 tokens are cached (fresh cache each round);
+- char-ends: the end offsets of 4,000 byte-level tokens from their ids and a per-id table of
+  characters begun (``radixrouter.token_char_ends`` against the router's former Python version);
 - memory: resident bytes per cached token at 1 million tokens with logprobs and loss masks.
 
 Baselines, written here for the comparison (not copies of either project):
@@ -28,10 +30,12 @@ import sys
 import textwrap
 import threading
 import time
+from itertools import accumulate
+from operator import itemgetter
 
 import pytest
 
-from radixrouter import PrefixCache
+from radixrouter import PrefixCache, token_char_ends
 
 LETTERS = "aeionstrlécüdm"
 
@@ -283,6 +287,20 @@ def test_match_radixrouter_ids_bytes(benchmark, workload) -> None:
 
 
 @pytest.mark.benchmark(group="match-4000")
+def test_match_radixrouter_ids_array(benchmark, workload) -> None:
+    cache, q = workload["cache"], workload["query"]
+    out = benchmark(lambda: cache.match(q).ids_array())
+    assert len(out) == 4_000
+
+
+@pytest.mark.benchmark(group="match-4000")
+def test_match_radixrouter_ends_array(benchmark, workload) -> None:
+    cache, q = workload["cache"], workload["query"]
+    out = benchmark(lambda: cache.match(q).ends_array())
+    assert out[-1] == len(workload["convs"][0].text)
+
+
+@pytest.mark.benchmark(group="match-4000")
 def test_match_radixrouter_ids_list(benchmark, workload) -> None:
     cache, q = workload["cache"], workload["query"]
     out = benchmark(lambda: cache.match(q).token_ids)
@@ -383,6 +401,47 @@ def test_insert_slime_style(benchmark, workload) -> None:
     benchmark.pedantic(lambda t: t.insert(s.text, s.ids), setup=setup, rounds=ROUNDS)
 
 
+# ---- token end offsets from ids ----------------------------------------------------------
+
+
+def python_char_ends(ids, lead, start: int = 0) -> list[int]:
+    """The router's former Python version (radixrouter.tokenizer.ChatTokenizer.char_ends)."""
+    if len(ids) < 2:
+        return [start + lead[ids[0]]] if ids else []
+    ends = list(accumulate(itemgetter(*ids)(lead), initial=start))
+    del ends[0]
+    return ends
+
+
+@pytest.fixture(scope="module")
+def char_ends_case():
+    rng = random.Random(3)
+    table = bytes(rng.choice((0, 1, 1, 1, 2, 3, 4)) for _ in range(151_936))  # characters begun per id
+    ids = [rng.randrange(151_936) for _ in range(4_000)]
+    want = python_char_ends(ids, table, 7)
+    assert token_char_ends(ids, table, 7).tolist() == want
+    return ids, table, want
+
+
+@pytest.mark.benchmark(group="char-ends-4000")
+def test_char_ends_rust_array(benchmark, char_ends_case) -> None:
+    ids, table, want = char_ends_case
+    ids_a = array.array("I", ids)
+    assert benchmark(token_char_ends, ids_a, table, 7).tolist() == want
+
+
+@pytest.mark.benchmark(group="char-ends-4000")
+def test_char_ends_rust_list(benchmark, char_ends_case) -> None:
+    ids, table, want = char_ends_case
+    assert benchmark(token_char_ends, ids, table, 7).tolist() == want
+
+
+@pytest.mark.benchmark(group="char-ends-4000")
+def test_char_ends_python(benchmark, char_ends_case) -> None:
+    ids, table, want = char_ends_case
+    assert benchmark(python_char_ends, ids, table, 7) == want
+
+
 # ---- memory --------------------------------------------------------------------------------
 
 MEMORY_SCRIPT = textwrap.dedent(
@@ -390,7 +449,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     import gc, json, random, sys
     sys.path.insert(0, sys.argv[1])
     from bench_cache import SlimeStyleTree, extend
-    from radixrouter import PrefixCache
+    from radixrouter import PrefixCache, token_char_ends
 
     def rss():
         with open("/proc/self/statm") as f:

@@ -5,12 +5,14 @@
 //! non-ASCII words. Then:
 //! - `match-4000-hot`: look up conversation 0 plus a new user turn (4,000 tokens match, 9 nodes);
 //! - `match-4000-diverge-in-edge`: the same text cut inside its last edge (whole tokens only);
-//! - `insert-extend-3500-to-4000`: insert a 4,000-token sequence whose first 3,500 tokens are cached.
+//! - `insert-extend-3500-to-4000`: insert a 4,000-token sequence whose first 3,500 tokens are cached;
+//! - references: `compare-query-20kb` (one `==` of the query's ~20 KB with a copy of it: the
+//!   least any exact lookup of it costs) and `token-char-ends-4000`.
 //!
 //! Run: cargo bench --bench cache
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use radixrouter::cache::{PrefixCache, Tokens};
+use radixrouter::cache::{token_char_ends, PrefixCache, Tokens};
 use std::hint::black_box;
 
 struct Seq {
@@ -110,6 +112,12 @@ fn bench_match(c: &mut Criterion) {
         b.iter(|| black_box(cache.lookup(black_box(&query))))
     });
 
+    // What comparing the matched text costs by itself (a copy of the query, in one piece).
+    let copy = query.clone();
+    c.bench_function("compare-query-20kb", |b| {
+        b.iter(|| black_box(black_box(query.as_bytes()) == black_box(copy.as_bytes())))
+    });
+
     let cut = convs[0]
         .text_to(4_000)
         .char_indices()
@@ -165,5 +173,21 @@ fn bench_json(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_match, bench_insert, bench_json);
+fn bench_char_ends(c: &mut Criterion) {
+    let (_, convs) = populated();
+    let ids = &convs[0].ids;
+    // A Qwen-sized table of characters begun per token (0-4).
+    let table: Vec<u8> = (0..151_936u32).map(|i| (i * 7 % 5) as u8).collect();
+    c.bench_function("token-char-ends-4000", |b| {
+        b.iter(|| black_box(token_char_ends(black_box(ids), &table, 0)))
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_match,
+    bench_insert,
+    bench_json,
+    bench_char_ends
+);
 criterion_main!(benches);

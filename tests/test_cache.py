@@ -56,18 +56,24 @@ def test_match_shapes_and_compact_forms() -> None:
     assert m.token_ids == [100, 1]
     assert m.ids_json() == b"[100,1]"
     assert m.ids_array() == array.array("I", [100, 1])
+    assert m.ends_array() == array.array("I", [5, 10])
     assert memoryview(m.ids_bytes()).cast("I").tolist() == [100, 1]
     assert m.logprobs == [-0.5, -0.25]
     assert m.loss_mask == [0, 1]
+    assert m.logprobs_array() == array.array("f", [-0.5, -0.25])
+    assert m.loss_mask_array() == array.array("B", [0, 1])
     assert m.workers == {"w1": 10}
     assert "token_count=2" in repr(m)
     miss = c.match("gamma")
     assert (miss.length, miss.matched_chars, miss.token_ids, miss.ids_json()) == (0, 0, [], b"[]")
+    empty = array.array("I")
+    assert (miss.ids_bytes(), miss.ids_array(), miss.ends_array()) == (b"", empty, empty)
     assert miss.workers == {}
     # Without logprobs / mask the lists read as zeros.
     c.insert("delta x", [101 + 2, 8], [5, 7])
     m = c.match("delta x")
     assert (m.logprobs, m.loss_mask) == ([0.0, 0.0], [0, 0])
+    assert (m.logprobs_array(), m.loss_mask_array()) == (array.array("f", [0, 0]), array.array("B", [0, 0]))
 
 
 def test_whole_tokens_only_at_divergence_inside_an_edge() -> None:
@@ -110,6 +116,8 @@ def test_real_tokenizer_offsets() -> None:
         # Whole tokens only: the ids are a prefix of the full tokenization that decodes to q[:length].
         assert m.token_ids == enc.ids[: m.token_count]
         assert tok.decode(m.token_ids, skip_special_tokens=False) == text[: m.length]
+        assert m.ends_array().tolist() == [e for _, e in enc.offsets[: m.token_count]]
+        assert m.ends_array()[-1:].tolist() == ([m.length] if m.token_count else [])
 
 
 @pytest.mark.parametrize(
@@ -160,9 +168,120 @@ def test_id_inputs_lists_tuples_arrays_bytes_iterables() -> None:
     c.insert("b", (8,), (1,))
     c.insert("c", array.array("I", [9]).tobytes(), iter([1]))
     c.insert("d", memoryview(array.array("I", [10])), [1])
-    c.insert("e", array.array("q", [11]), [1])  # other typecodes: item by item
+    c.insert("e", array.array("q", [11]), [1])  # other integer typecodes, read from the buffer
     c.insert("f", [2**32 - 1], [1])  # the largest id (also the C error value of the fast path)
     assert [c.match(t).token_ids for t in "abcdef"] == [[7], [8], [9], [10], [11], [2**32 - 1]]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda v: array.array("I", v),
+        lambda v: array.array("L", v),
+        lambda v: array.array("q", v),
+        lambda v: array.array("H", v),
+        lambda v: memoryview(array.array("I", v)),
+        lambda v: bytearray(v),  # a buffer of bytes: one id per byte, like iterating it
+        lambda v: __import__("numpy").array(v, dtype="uint32"),
+        lambda v: __import__("numpy").array(v, dtype="int64"),
+        lambda v: __import__("numpy").array(v, dtype=">u4"),  # foreign byte order: item by item
+        lambda v: __import__("numpy").array([x for i in v for x in (i, 99)], dtype="uint32")[::2],  # strided
+    ],
+)
+def test_buffer_inputs_equal_list_inputs(make) -> None:
+    text = "alpha beta gamma delta"
+    ids, ends = words(text)
+    c = PrefixCache()
+    c.insert(text, make(ids), make(ends), loss_mask=make([0, 1, 1, 0]))
+    ref = PrefixCache()
+    ref.insert(text, *words(text), loss_mask=[0, 1, 1, 0])
+    m, r = c.match(text), ref.match(text)
+    assert (m.token_ids, m.ends_array(), m.loss_mask) == (r.token_ids, r.ends_array(), r.loss_mask)
+
+
+def test_buffer_inputs_are_checked() -> None:
+    c = PrefixCache()
+    with pytest.raises(ValueError, match="token_ids\\[1\\] = -3 is not in 0..2\\*\\*32"):
+        c.insert("alpha beta", array.array("i", [1, -3]), [5, 10])
+    with pytest.raises(ValueError, match="token_ends\\[0\\] = 4294967296 is not in"):
+        c.insert("alpha beta", [1, 2], array.array("Q", [2**32, 5]))
+    with pytest.raises(ValueError, match="loss_mask\\[1\\] must be 0 or 1"):
+        c.insert("alpha beta", [1, 2], [5, 10], loss_mask=array.array("B", [1, 2]))
+    with pytest.raises(ValueError, match="loss_mask\\[0\\] must be 0 or 1"):
+        c.insert("alpha beta", [1, 2], [5, 10], loss_mask=bytes([7, 1]))
+    with pytest.raises(TypeError, match="must be an int, not float"):
+        c.insert("alpha beta", array.array("d", [1.0, 2.0]), [5, 10])
+    with pytest.raises(TypeError, match="must be 0 or 1, not float"):
+        c.insert("alpha beta", [1, 2], [5, 10], loss_mask=array.array("f", [0.0, 1.0]))
+    assert c.stats()["nodes"] == 0
+    # Float buffers for logprobs (float32 is stored as is, float64 rounded to float32).
+    c.insert("alpha beta", [1, 2], [5, 10], logprobs=array.array("f", [-0.5, -0.25]))
+    assert c.match("alpha beta").logprobs == [-0.5, -0.25]
+    c.insert("gamma x", [3, 4], [5, 7], logprobs=array.array("d", [-1.5, -2.0]), loss_mask=b"\x00\x01")
+    m = c.match("gamma x")
+    assert (m.logprobs, m.loss_mask) == ([-1.5, -2.0], [0, 1])
+
+
+def lead_counts(ids, table, start=0) -> list[int]:
+    """The Python reference (as in radixrouter.tokenizer.ChatTokenizer.char_ends)."""
+    out, pos = [], start
+    for i in ids:
+        pos += table[i]
+        out.append(pos)
+    return out
+
+
+def test_token_char_ends_matches_the_python_version() -> None:
+    from radixrouter import token_char_ends
+
+    rng = random.Random(5)
+    table = bytes(rng.randrange(0, 5) for _ in range(1000))
+    wide = array.array("I", list(table))
+    for n in (0, 1, 2, 7, 300):
+        ids = [rng.randrange(1000) for _ in range(n)]
+        start = rng.randrange(100)
+        want = lead_counts(ids, table, start)
+        for form in (ids, array.array("I", ids), tuple(ids)):
+            got = token_char_ends(form, table, start)
+            assert isinstance(got, array.array) and got.typecode == "I"
+            assert got.tolist() == want
+        assert token_char_ends(ids, wide, start).tolist() == want
+        assert token_char_ends(ids, array.array("B", table), start).tolist() == want
+    assert token_char_ends([3, 4], table).tolist() == lead_counts([3, 4], table)  # start defaults to 0
+
+
+def test_token_char_ends_with_the_qwen3_table() -> None:
+    from radixrouter import token_char_ends
+    from radixrouter.tokenizer import ChatTokenizer, _lead_byte_table, qwen3_files
+
+    raw = tokenizers.Tokenizer.from_file(str(qwen3_files() / "tokenizer.json"))
+    tok = ChatTokenizer(raw)
+    table = _lead_byte_table(raw)
+    text = "<|im_start|>user\nHéllo 😀 wörld, 你好世界! Ünïcödé ✓✓<|im_end|>\n<|im_start|>assistant\n"
+    enc = raw.encode(text, add_special_tokens=False)
+    ends = token_char_ends(enc.ids, table)
+    assert ends.tolist() == [e for _, e in enc.offsets]
+    assert token_char_ends(enc.ids, table, 10).tolist() == [10 + e for _, e in enc.offsets]
+    assert ends.tolist() == tok.char_ends(enc.ids)
+    assert token_char_ends(array.array("I", enc.ids), table, 3).tolist() == tok.char_ends(enc.ids, 3)
+
+
+def test_token_char_ends_bad_input() -> None:
+    from radixrouter import token_char_ends
+
+    with pytest.raises(ValueError, match="ids\\[1\\] = 9 is not in the table \\(4 entries\\)"):
+        token_char_ends([0, 9], b"\x01\x01\x01\x01")
+    with pytest.raises(ValueError, match="past 2\\*\\*32 - 1"):
+        token_char_ends([0, 0], array.array("I", [2**31]), 2**31)
+    with pytest.raises(ValueError, match="not in 0..2\\*\\*32"):
+        token_char_ends([-1], b"\x01")
+    with pytest.raises(TypeError, match="table must be a buffer"):
+        token_char_ends([0], [1, 1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="table must be a buffer"):
+        token_char_ends([0], array.array("d", [1.0]))
+    with pytest.raises(OverflowError):
+        token_char_ends([0], b"\x01", -1)
+    assert token_char_ends([], b"").tolist() == []
 
 
 def test_existing_tokenization_wins_and_never_corrupts() -> None:

@@ -107,8 +107,10 @@ class ModelCache:
         length = 0
         workers: dict[str, int] = {}
         ages: dict[str, int] = {}
+        token_ends: list[int] = []
         for node, k, r in segs:
             ids += node.ids[:k]
+            token_ends += node.ends[:k]
             lps += node.lps[:k] if node.lps is not None else [0.0] * k
             mask += node.mask[:k] if node.mask is not None else [0] * k
             if k:
@@ -125,6 +127,7 @@ class ModelCache:
             "length": length,
             "matched_chars": reach,
             "token_ids": ids,
+            "token_ends": token_ends,
             "logprobs": lps,
             "loss_mask": mask,
             "workers": workers,
@@ -352,6 +355,7 @@ class CacheMachine(RuleBasedStateMachine):
             "length": m.length,
             "matched_chars": m.matched_chars,
             "token_ids": m.token_ids,
+            "token_ends": m.ends_array().tolist(),
             "logprobs": m.logprobs,
             "loss_mask": m.loss_mask,
             "workers": m.workers,
@@ -363,6 +367,8 @@ class CacheMachine(RuleBasedStateMachine):
         assert m.length <= m.matched_chars
         assert orjson.loads(m.ids_json()) == m.token_ids
         assert list(m.ids_array()) == m.token_ids
+        assert list(m.logprobs_array()) == m.logprobs
+        assert list(m.loss_mask_array()) == m.loss_mask
 
     @rule(data=st.data())
     def pin(self, data: st.DataObject) -> None:

@@ -22,9 +22,9 @@ __all__ = [
 ]
 
 if hasattr(_core, "PrefixCache"):
-    from radixrouter._core import PrefixCache, PrefixMatch, PrefixPin  # noqa: F401
+    from radixrouter._core import PrefixCache, PrefixMatch, PrefixPin, token_char_ends  # noqa: F401
 
-    __all__ += ["PrefixCache", "PrefixMatch", "PrefixPin"]
+    __all__ += ["PrefixCache", "PrefixMatch", "PrefixPin", "token_char_ends"]
 
 
 def __getattr__(name: str) -> Any:

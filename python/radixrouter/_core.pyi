@@ -4,6 +4,8 @@ from array import array
 from collections.abc import Iterable, Sequence
 from typing import final
 
+from typing_extensions import Buffer
+
 __version__: str
 __all__ = [
     "PrefixCache",
@@ -14,6 +16,7 @@ __all__ = [
     "SseEvent",
     "__version__",
     "encode_event",
+    "token_char_ends",
 ]
 
 # ---- SSE codec -------------------------------------------------------------
@@ -98,18 +101,21 @@ class PrefixCache:
     def insert(
         self,
         text: str,
-        token_ids: Sequence[int] | bytes | None = None,
-        token_ends: Sequence[int] | bytes | None = None,
+        token_ids: Sequence[int] | Buffer | None = None,
+        token_ends: Sequence[int] | Buffer | None = None,
         *,
-        logprobs: Iterable[float] | None = None,
-        loss_mask: Iterable[int] | None = None,
+        logprobs: Iterable[float] | Buffer | None = None,
+        loss_mask: Iterable[int] | Buffer | None = None,
         worker: str | None = None,
     ) -> None:
         """Insert ``text`` with its tokens (none: text and worker affinity only).
 
-        ``token_ids``: ints, ``array("I")``, or bytes of native uint32. ``token_ends``:
-        non-decreasing ``str`` indices, at most ``len(text)`` (several tokens may share one end).
-        ``logprobs`` / ``loss_mask`` (0 or 1): one per token. ``ValueError`` on mismatched
+        ``token_ids`` / ``token_ends``: ints, bytes of native uint32, or a buffer of integers
+        (``array("I")``, the fastest, or any other integer ``array`` / ``memoryview`` / numpy
+        array; read without creating Python ints). ``token_ends``: non-decreasing ``str``
+        indices, at most ``len(text)`` (several tokens may share one end). ``logprobs`` (floats,
+        or a float32/float64 buffer) / ``loss_mask`` (0 or 1; ints or an integer buffer such as
+        bytes or ``array("B")``): one per token. ``ValueError`` on mismatched
         lengths, decreasing or out-of-range ends, a mask value other than 0/1; ``UnicodeEncodeError``
         (a ``ValueError``) for a text with lone surrogates.
         """
@@ -161,6 +167,14 @@ class PrefixMatch:
         """The ids as native-endian uint32 bytes (``memoryview(b).cast("I")``)."""
     def ids_array(self) -> array[int]:
         """The ids as ``array.array("I")``."""
+    def ends_array(self) -> array[int]:
+        """The matched tokens' end offsets (``str`` indices) as ``array.array("I")``; the last is
+        ``length``."""
+    def logprobs_array(self) -> array[float]:
+        """The logprobs as ``array.array("f")`` (float32, as stored; 0.0 where none was recorded)."""
+    def loss_mask_array(self) -> array[int]:
+        """The loss mask as ``array.array("B")`` (0 where none was recorded); e.g.
+        ``m.loss_mask_array()[-1]`` without building a list."""
     def __len__(self) -> int:
         """The number of matched tokens."""
 
@@ -179,3 +193,10 @@ class PrefixPin:
         """Release the pin (idempotent)."""
     def __enter__(self) -> PrefixPin: ...
     def __exit__(self, *args: object) -> bool: ...
+
+def token_char_ends(ids: Sequence[int] | Buffer, table: Buffer, start: int = 0) -> array[int]:
+    """Each token's end offset (``str`` index) in the text that ``ids`` spell, counted from
+    ``start``, as ``array.array("I")``: ``table[id]`` is the number of characters that begin in
+    token ``id`` (for byte-level BPE, the UTF-8 lead bytes among its bytes). ``table``: a buffer
+    of uint8 (``bytes``, ``array("B")``) or uint32 (``array("I")``). ``ids`` as for
+    ``PrefixCache.insert``. ``ValueError`` for an id outside the table."""

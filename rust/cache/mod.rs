@@ -27,12 +27,12 @@ mod text;
 mod tree;
 
 use std::fmt;
-use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use text::{
-    after_nth_comma, char_to_byte, count_chars, ids_csv, ids_json, json_len, write_json,
+    after_nth_comma, char_to_byte, count_chars, ids_csv, ids_json, json_len, token_char_ends,
+    write_json, CharEndsError,
 };
 use tree::Tree;
 
@@ -97,7 +97,7 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// The longest cached prefix of a text: a snapshot that shares the token arrays of the
+/// The longest cached prefix of a text: a snapshot that shares the token data of the
 /// matched nodes (no copy; later evictions do not change it).
 #[derive(Clone, Debug, Default)]
 pub struct Match {
@@ -105,29 +105,42 @@ pub struct Match {
     pub length: usize,
     /// Raw matched characters (may be beyond `length`).
     pub matched_chars: usize,
-    /// (worker, matched characters up to the worker's deepest node on the path).
-    pub workers: Vec<(Arc<str>, usize)>,
-    /// For each entry of `workers`: cache operations since that worker's last insert through
-    /// its deepest node on the path (0: the lookup itself came right after it).
-    pub worker_ages: Vec<u64>,
+    holds: Vec<Hold>,
     segments: Vec<Segment>,
     token_count: usize,
 }
 
-/// The token ids of one node, immutable once built, with their decimal text made on first
-/// use (so a match's JSON form is a copy of cached text, not a formatting loop).
+/// A worker's hold on the matched path.
+#[derive(Clone, Debug)]
+pub(crate) struct Hold {
+    pub(crate) worker: u32,
+    pub(crate) name: Arc<str>,
+    /// Matched characters up to the worker's deepest node on the path.
+    pub(crate) chars: usize,
+    /// Cache operations since the worker's last insert through that node (the tree stores
+    /// the clock of that insert here while walking).
+    pub(crate) tick: u64,
+}
+
+/// The tokens of one node, immutable once built: ids, absolute end offsets (characters),
+/// optional logprobs and loss mask, and the ids' decimal text made on first use (so a
+/// match's JSON form is a copy of cached text, not a formatting loop).
 #[derive(Debug, Default)]
-pub(crate) struct IdArray {
-    ids: Box<[u32]>,
+pub(crate) struct TokenData {
+    pub(crate) ids: Box<[u32]>,
+    pub(crate) ends: Box<[u32]>,
+    pub(crate) logprobs: Option<Box<[f32]>>,
+    pub(crate) loss_mask: Option<Box<[u8]>>,
     csv: OnceLock<Box<[u8]>>,
 }
 
-impl IdArray {
-    fn arc(ids: impl Into<Box<[u32]>>) -> Arc<IdArray> {
-        Arc::new(IdArray {
-            ids: ids.into(),
-            csv: OnceLock::new(),
-        })
+impl TokenData {
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ids.is_empty()
     }
 
     /// "1,22,333," (see `text::ids_csv`).
@@ -135,24 +148,73 @@ impl IdArray {
         self.csv.get_or_init(|| ids_csv(&self.ids))
     }
 
-    fn csv_bytes(&self) -> usize {
-        self.csv.get().map_or(0, |c| c.len())
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.ids.len() * 4
+            + self.ends.len() * 4
+            + self.logprobs.as_ref().map_or(0, |v| v.len() * 4)
+            + self.loss_mask.as_ref().map_or(0, |v| v.len())
+            + self.csv.get().map_or(0, |c| c.len())
     }
-}
 
-impl Deref for IdArray {
-    type Target = [u32];
+    /// Tokens `r` (their decimal text is made again when needed).
+    pub(crate) fn slice(&self, r: std::ops::Range<usize>) -> TokenData {
+        TokenData {
+            ids: self.ids[r.clone()].into(),
+            ends: self.ends[r.clone()].into(),
+            logprobs: self.logprobs.as_ref().map(|v| v[r.clone()].into()),
+            loss_mask: self.loss_mask.as_ref().map(|v| v[r].into()),
+            csv: OnceLock::new(),
+        }
+    }
 
-    fn deref(&self) -> &[u32] {
-        &self.ids
+    /// These tokens followed by the insert's tokens `k..` (missing logprobs / masks are zeros).
+    pub(crate) fn extended(&self, t: &Tokens<'_>, k: usize) -> TokenData {
+        /// Old values then new ones, zeros standing in for a side that has none.
+        fn join<T: Copy + Default>(
+            old: Option<&[T]>,
+            old_len: usize,
+            new: Option<&[T]>,
+            new_len: usize,
+        ) -> Option<Box<[T]>> {
+            if old.is_none() && new.is_none() {
+                return None;
+            }
+            let mut v = Vec::with_capacity(old_len + new_len);
+            match old {
+                Some(o) => v.extend_from_slice(o),
+                None => v.resize(old_len, T::default()),
+            }
+            match new {
+                Some(n) => v.extend_from_slice(n),
+                None => v.resize(old_len + new_len, T::default()),
+            }
+            Some(v.into())
+        }
+        let (old, added) = (self.len(), t.ids.len() - k);
+        TokenData {
+            ids: [&self.ids[..], &t.ids[k..]].concat().into(),
+            ends: [&self.ends[..], &t.ends[k..]].concat().into(),
+            logprobs: join(
+                self.logprobs.as_deref(),
+                old,
+                t.logprobs.map(|v| &v[k..]),
+                added,
+            ),
+            loss_mask: join(
+                self.loss_mask.as_deref(),
+                old,
+                t.loss_mask.map(|v| &v[k..]),
+                added,
+            ),
+            csv: OnceLock::new(),
+        }
     }
 }
 
 #[derive(Clone, Debug)]
 struct Segment {
-    ids: Arc<IdArray>,
-    logprobs: Option<Arc<[f32]>>,
-    loss_mask: Option<Arc<[u8]>>,
+    toks: Arc<TokenData>,
+    /// Tokens of `toks` inside the match (a prefix of them).
     n: usize,
 }
 
@@ -161,31 +223,43 @@ impl Match {
         self.token_count
     }
 
+    /// (worker, matched characters up to the worker's deepest node on the path).
+    pub fn workers(&self) -> impl ExactSizeIterator<Item = (&str, usize)> + '_ {
+        self.holds.iter().map(|h| (&*h.name, h.chars))
+    }
+
+    /// (worker, cache operations since that worker's last insert through its deepest node on
+    /// the path; 0: the lookup itself came right after it).
+    pub fn worker_ages(&self) -> impl ExactSizeIterator<Item = (&str, u64)> + '_ {
+        self.holds.iter().map(|h| (&*h.name, h.tick))
+    }
+
     /// The matched ids in consecutive parts (one per node).
     pub fn id_parts(&self) -> impl Iterator<Item = &[u32]> + Clone + '_ {
-        self.segments.iter().map(|s| &s.ids[..s.n])
+        self.segments.iter().map(|s| &s.toks.ids[..s.n])
+    }
+
+    /// The matched tokens' end offsets (characters) in consecutive parts (one per node).
+    pub fn end_parts(&self) -> impl Iterator<Item = &[u32]> + Clone + '_ {
+        self.segments.iter().map(|s| &s.toks.ends[..s.n])
     }
 
     /// The matched ids as comma-terminated decimal parts; join them with `write_json`.
-    pub fn json_parts(&self) -> Vec<&[u8]> {
-        self.segments
-            .iter()
-            .map(|s| {
-                let csv = s.ids.csv();
-                if s.n == s.ids.len() {
-                    csv
-                } else {
-                    &csv[..after_nth_comma(csv, s.n)]
-                }
-            })
-            .collect()
+    pub fn json_parts(&self) -> impl Iterator<Item = &[u8]> + Clone + '_ {
+        self.segments.iter().map(|s| {
+            let csv = s.toks.csv();
+            if s.n == s.toks.len() {
+                csv
+            } else {
+                &csv[..after_nth_comma(csv, s.n)]
+            }
+        })
     }
 
     /// The matched ids as a JSON array (`b"[1,2,3]"`).
     pub fn ids_json(&self) -> Vec<u8> {
-        let parts = self.json_parts();
-        let mut out = vec![0; json_len(parts.iter().copied())];
-        write_json(parts, &mut out);
+        let mut out = vec![0; json_len(self.json_parts())];
+        write_json(self.json_parts(), &mut out);
         out
     }
 
@@ -195,31 +269,54 @@ impl Match {
         v
     }
 
+    pub fn ends(&self) -> Vec<u32> {
+        let mut v = Vec::with_capacity(self.token_count);
+        self.end_parts().for_each(|p| v.extend_from_slice(p));
+        v
+    }
+
+    /// The logprob of the matched token `i`, 0.0 where none was recorded.
+    pub fn logprob(&self, i: usize) -> Option<f32> {
+        let (s, j) = self.locate(i)?;
+        Some(s.toks.logprobs.as_ref().map_or(0.0, |v| v[j]))
+    }
+
+    /// The loss mask of the matched token `i`, 0 where none was recorded.
+    pub fn mask(&self, i: usize) -> Option<u8> {
+        let (s, j) = self.locate(i)?;
+        Some(s.toks.loss_mask.as_ref().map_or(0, |v| v[j]))
+    }
+
+    fn locate(&self, mut i: usize) -> Option<(&Segment, usize)> {
+        for s in &self.segments {
+            if i < s.n {
+                return Some((s, i));
+            }
+            i -= s.n;
+        }
+        None
+    }
+
     /// `None` when no matched token carries a logprob (read them as zeros).
     pub fn logprobs(&self) -> Option<Vec<f32>> {
-        self.segments.iter().any(|s| s.logprobs.is_some()).then(|| {
-            let mut v = Vec::with_capacity(self.token_count);
-            for s in &self.segments {
-                match &s.logprobs {
-                    Some(lp) => v.extend_from_slice(&lp[..s.n]),
-                    None => v.resize(v.len() + s.n, 0.0),
-                }
-            }
-            v
-        })
+        self.gather(|t| t.logprobs.as_deref(), 0.0)
     }
 
     /// `None` when no matched token carries a mask (read them as zeros).
     pub fn loss_mask(&self) -> Option<Vec<u8>> {
+        self.gather(|t| t.loss_mask.as_deref(), 0)
+    }
+
+    fn gather<T: Copy>(&self, get: impl Fn(&TokenData) -> Option<&[T]>, zero: T) -> Option<Vec<T>> {
         self.segments
             .iter()
-            .any(|s| s.loss_mask.is_some())
+            .any(|s| get(&s.toks).is_some())
             .then(|| {
                 let mut v = Vec::with_capacity(self.token_count);
                 for s in &self.segments {
-                    match &s.loss_mask {
-                        Some(m) => v.extend_from_slice(&m[..s.n]),
-                        None => v.resize(v.len() + s.n, 0),
+                    match get(&s.toks) {
+                        Some(x) => v.extend_from_slice(&x[..s.n]),
+                        None => v.resize(v.len() + s.n, zero),
                     }
                 }
                 v

@@ -46,6 +46,58 @@ pub fn char_to_byte(s: &str, chars: usize) -> usize {
     s.char_indices().nth(chars).map_or(s.len(), |(i, _)| i)
 }
 
+/// Each token's end offset (characters) in the text that `ids` spell, counted from `start`:
+/// `table[id]` is the number of characters whose first UTF-8 byte lies in token `id` (for a
+/// byte-level tokenizer, the lead bytes of the token's bytes), so a token's end is `start` plus
+/// the characters begun in it and in every token before it.
+/// Fails with the index of the first id outside the table, or of the first end past `u32::MAX`.
+pub fn token_char_ends<T: Copy + Into<u32>>(
+    ids: &[u32],
+    table: &[T],
+    start: u32,
+) -> Result<Vec<u32>, CharEndsError> {
+    let n = table.len();
+    // Check every id first (a branch-free scan), so the main loop has no early exit.
+    if ids.iter().fold(false, |bad, &id| bad | (id as usize >= n)) {
+        let index = ids.iter().position(|&id| id as usize >= n).unwrap_or(0);
+        return Err(CharEndsError::UnknownId {
+            index,
+            id: ids[index],
+        });
+    }
+    let count = |id: u32| u64::from(table[(id as usize).min(n - 1)].into());
+    let mut end = u64::from(start);
+    let out = ids
+        .iter()
+        .map(|&id| {
+            end += count(id);
+            end as u32
+        })
+        .collect();
+    // Ends never decrease, so if the last one fits they all do (and were stored exactly).
+    if end > u64::from(u32::MAX) {
+        let mut e = u64::from(start);
+        let index = ids
+            .iter()
+            .position(|&id| {
+                e += count(id);
+                e > u64::from(u32::MAX)
+            })
+            .unwrap_or(0);
+        return Err(CharEndsError::Overflow { index });
+    }
+    Ok(out)
+}
+
+/// Why `token_char_ends` failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CharEndsError {
+    /// `ids[index] = id` has no entry in the table.
+    UnknownId { index: usize, id: u32 },
+    /// The end of token `index` is past `u32::MAX`.
+    Overflow { index: usize },
+}
+
 const DIGITS: &[u8; 200] = b"0001020304050607080910111213141516171819\
 2021222324252627282930313233343536373839\
 4041424344454647484950515253545556575859\
@@ -176,6 +228,25 @@ mod tests {
         assert_eq!(char_to_byte("aé€😀x", 3), 6);
         assert_eq!(char_to_byte("aé€😀x", 5), "aé€😀x".len());
         assert_eq!(char_to_byte("abc", 9), 3);
+    }
+
+    #[test]
+    fn char_ends() {
+        // "é" as two byte-level tokens (lead byte, continuation byte), then "ab".
+        let table: [u8; 4] = [1, 0, 2, 0];
+        assert_eq!(token_char_ends(&[0, 1, 2], &table, 0), Ok(vec![1, 1, 3]));
+        assert_eq!(token_char_ends(&[2, 2], &table, 10), Ok(vec![12, 14]));
+        assert_eq!(token_char_ends::<u8>(&[], &table, 5), Ok(vec![]));
+        assert_eq!(
+            token_char_ends(&[2, 9], &table, 0),
+            Err(CharEndsError::UnknownId { index: 1, id: 9 })
+        );
+        let wide: [u32; 1] = [u32::MAX];
+        assert_eq!(token_char_ends(&[0], &wide, 0), Ok(vec![u32::MAX]));
+        assert_eq!(
+            token_char_ends(&[0, 0], &wide, 0),
+            Err(CharEndsError::Overflow { index: 1 })
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Layout: nodes live in one arena (`Vec<Node>`, freed slots reused), addressed by `u32`.
 //! Each node holds one edge of UTF-8 text that starts at a character boundary, its absolute
-//! start position in characters, and the tokens stored at that node:
+//! start position in characters, and the tokens stored at that node (one shared `TokenData`):
 //! ids, absolute end offsets (characters), optional logprobs and loss mask.
 //!
 //! Token invariant: the tokens of the nodes on a root-to-node path, concatenated, are one
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use super::text::{common_prefix, count_chars};
-use super::{IdArray, Match, Segment, Tokens};
+use super::{Hold, Match, Segment, TokenData, Tokens};
 
 const ROOT: u32 = 0;
 
@@ -40,11 +40,8 @@ struct Node {
     tick: AtomicU64,
     /// (first character of the child's edge, child), sorted by character.
     children: Vec<(char, u32)>,
-    /// Token arrays are immutable once built and shared with `Match` snapshots.
-    ids: Arc<IdArray>,
-    ends: Box<[u32]>,
-    logprobs: Option<Arc<[f32]>>,
-    loss_mask: Option<Arc<[u8]>>,
+    /// The node's tokens: immutable once built and shared with `Match` snapshots.
+    toks: Arc<TokenData>,
     /// (worker index, clock of the worker's last insert through this node).
     workers: Vec<(u32, u64)>,
 }
@@ -52,10 +49,10 @@ struct Node {
 impl Node {
     /// Budget units: the token count, or for a node without tokens one unit per 4 characters.
     fn weight(&self) -> u64 {
-        if self.ids.is_empty() {
+        if self.toks.is_empty() {
             u64::from(self.nchars).div_ceil(4)
         } else {
-            self.ids.len() as u64
+            self.toks.len() as u64
         }
     }
 
@@ -75,26 +72,28 @@ impl Node {
 
     fn heap_bytes(&self) -> usize {
         self.text.len()
-            + self.ids.len() * 4
-            + self.ids.csv_bytes()
-            + self.ends.len() * 4
-            + self.logprobs.as_ref().map_or(0, |v| v.len() * 4)
-            + self.loss_mask.as_ref().map_or(0, |v| v.len())
+            + self.toks.heap_bytes()
             + self.children.capacity() * std::mem::size_of::<(char, u32)>()
             + self.workers.capacity() * std::mem::size_of::<(u32, u64)>()
     }
 }
 
-/// One node visited by a walk and how many of its tokens lie inside the matched text.
-struct Seg {
-    node: u32,
-    ntokens: usize,
-    /// Absolute matched position (characters) at the end of this node's matched part.
-    reach: u32,
+/// Hint the CPU to start loading the cache line at `p` (a no-op where unsupported).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
+/// Where a walk stopped.
 struct Walk {
-    segs: Vec<Seg>,
+    /// The deepest node reached (ROOT if none).
+    last: u32,
     matched_chars: u32,
     matched_bytes: usize,
 }
@@ -169,33 +168,36 @@ impl Tree {
         }
     }
 
-    /// Walk `q` from the root; touch every visited node with `tick`.
-    fn walk(&self, q: &str, tick: u64) -> Walk {
+    /// Walk `q` from the root; touch every visited node with `tick` and call
+    /// `visit(node, tokens of the node inside the matched text, matched position at its end)`.
+    #[inline]
+    fn walk(&self, q: &str, tick: u64, mut visit: impl FnMut(&Node, usize, u32)) -> Walk {
         let qb = q.as_bytes();
-        let mut segs = Vec::with_capacity(16);
         let mut cur = ROOT;
         let mut pos = 0;
         let mut reach = 0;
         while pos < qb.len() {
-            let rest = &q[pos..];
-            let Some(c) = rest.chars().next() else { break };
+            let Some(c) = q[pos..].chars().next() else {
+                break;
+            };
             let Some(id) = self.child(cur, c) else { break };
             let node = self.node(id);
+            // What the next steps read, fetched while the edge is compared.
+            prefetch(node.children.as_ptr());
+            prefetch(Arc::as_ptr(&node.toks));
             node.touch(tick);
             let edge = node.text.as_bytes();
-            let mut l = common_prefix(edge, rest.as_bytes());
+            let rest = &qb[pos..];
+            let mut l = common_prefix(edge, rest);
             if l == edge.len() {
                 reach = node.end();
-                segs.push(Seg {
-                    node: id,
-                    ntokens: node.ids.len(),
-                    reach,
-                });
+                visit(node, node.toks.len(), reach);
                 pos += l;
                 cur = id;
                 continue;
             }
-            while !rest.is_char_boundary(l) {
+            // Back up to a character boundary of the query (the edge starts at one).
+            while l < rest.len() && (rest[l] as i8) < -0x40 {
                 l -= 1;
             }
             let c_in = if node.ascii {
@@ -204,17 +206,13 @@ impl Tree {
                 count_chars(&edge[..l])
             };
             reach = node.start + c_in as u32;
-            let k = node.ends.partition_point(|&e| e <= reach);
-            segs.push(Seg {
-                node: id,
-                ntokens: k,
-                reach,
-            });
+            visit(node, node.toks.ends.partition_point(|&e| e <= reach), reach);
             pos += l;
+            cur = id;
             break;
         }
         Walk {
-            segs,
+            last: cur,
             matched_chars: reach,
             matched_bytes: pos,
         }
@@ -222,47 +220,47 @@ impl Tree {
 
     /// Longest cached prefix of `q`. Returns the match and the matched length in bytes.
     pub fn lookup(&self, q: &str, tick: u64) -> (Match, usize) {
-        let w = self.walk(q, tick);
-        let mut segments = Vec::with_capacity(w.segs.len());
+        let mut segments = Vec::new();
         let mut token_count = 0;
         let mut length = 0;
-        for s in &w.segs {
-            let n = self.node(s.node);
-            if s.ntokens > 0 {
-                segments.push(Segment {
-                    ids: Arc::clone(&n.ids),
-                    logprobs: n.logprobs.clone(),
-                    loss_mask: n.loss_mask.clone(),
-                    n: s.ntokens,
-                });
-                token_count += s.ntokens;
-                length = n.ends[s.ntokens - 1];
-            }
-        }
         // Each worker's deepest node on the path decides how much of the text it holds, and
         // how long ago (in cache operations) the worker last inserted through that node.
-        let mut held: Vec<(u32, u32, u64)> = Vec::new();
-        for s in &w.segs {
-            for &(wk, t) in &self.node(s.node).workers {
-                match held.iter_mut().find(|e| e.0 == wk) {
-                    Some(e) => *e = (wk, s.reach, t),
-                    None => held.push((wk, s.reach, t)),
+        let mut holds: Vec<Hold> = Vec::new();
+        let w = self.walk(q, tick, |n, ntokens, reach| {
+            if ntokens > 0 {
+                if segments.capacity() == 0 {
+                    segments.reserve(16);
+                }
+                segments.push(Segment {
+                    toks: Arc::clone(&n.toks),
+                    n: ntokens,
+                });
+                token_count += ntokens;
+                length = n.toks.ends[ntokens - 1];
+            }
+            for &(wk, t) in &n.workers {
+                match holds.iter_mut().find(|h| h.worker == wk) {
+                    Some(h) => (h.chars, h.tick) = (reach as usize, t),
+                    None => {
+                        if let Some(Some(name)) = self.worker_names.get(wk as usize) {
+                            holds.push(Hold {
+                                worker: wk,
+                                name: Arc::clone(name),
+                                chars: reach as usize,
+                                tick: t,
+                            });
+                        }
+                    }
                 }
             }
-        }
-        let mut workers = Vec::with_capacity(held.len());
-        let mut worker_ages = Vec::with_capacity(held.len());
-        for (wk, reach, t) in held {
-            if let Some(Some(name)) = self.worker_names.get(wk as usize) {
-                workers.push((Arc::clone(name), reach as usize));
-                worker_ages.push(tick.saturating_sub(t));
-            }
+        });
+        for h in &mut holds {
+            h.tick = tick.saturating_sub(h.tick);
         }
         let m = Match {
             length: length as usize,
             matched_chars: w.matched_chars as usize,
-            workers,
-            worker_ages,
+            holds,
             segments,
             token_count,
         };
@@ -330,11 +328,11 @@ impl Tree {
                 id
             };
             if agree {
-                let n = self.node(id);
-                let m = n.ids.len();
+                let n = &self.node(id).toks;
+                let m = n.len();
                 if k + m <= t.ids.len()
                     && n.ids[..] == t.ids[k..k + m]
-                    && *n.ends == t.ends[k..k + m]
+                    && n.ends[..] == t.ends[k..k + m]
                 {
                     k += m;
                 } else {
@@ -378,35 +376,10 @@ impl Tree {
     fn add_tokens(&mut self, id: u32, t: &Tokens<'_>, k: usize) {
         let n = &mut self.nodes[id as usize];
         let w0 = n.weight();
-        let old = n.ids.len();
-        let added = t.ids.len() - k;
-        n.ids = IdArray::arc([&n.ids[..], &t.ids[k..]].concat());
-        n.ends = [&n.ends[..], &t.ends[k..]].concat().into();
-        if n.logprobs.is_some() || t.logprobs.is_some() {
-            let mut v = n
-                .logprobs
-                .take()
-                .map_or_else(|| vec![0.0; old], |a| a.to_vec());
-            match t.logprobs {
-                Some(lp) => v.extend_from_slice(&lp[k..]),
-                None => v.resize(old + added, 0.0),
-            }
-            n.logprobs = Some(v.into());
-        }
-        if n.loss_mask.is_some() || t.loss_mask.is_some() {
-            let mut v = n
-                .loss_mask
-                .take()
-                .map_or_else(|| vec![0; old], |a| a.to_vec());
-            match t.loss_mask {
-                Some(m) => v.extend_from_slice(&m[k..]),
-                None => v.resize(old + added, 0),
-            }
-            n.loss_mask = Some(v.into());
-        }
+        n.toks = Arc::new(n.toks.extended(t, k));
         let w1 = n.weight();
         self.charged = self.charged + w1 - w0;
-        self.tokens += added as u64;
+        self.tokens += (t.ids.len() - k) as u64;
     }
 
     /// Split node `x` after `l` bytes of its edge (a character boundary, `0 < l < len`).
@@ -423,11 +396,8 @@ impl Tree {
             count_chars(hi.as_bytes()) as u32
         };
         let at = xn.start + c;
-        let k = xn.ends.partition_point(|&e| e <= at);
-        let ids = std::mem::take(&mut xn.ids);
-        let ends = std::mem::take(&mut xn.ends);
-        let lp = xn.logprobs.take();
-        let mask = xn.loss_mask.take();
+        let k = xn.toks.ends.partition_point(|&e| e <= at);
+        let toks = std::mem::take(&mut xn.toks);
         let upper = Node {
             text: hi.into(),
             start: xn.start,
@@ -438,20 +408,14 @@ impl Tree {
             pins: 0,
             tick: AtomicU64::new(xn.tick.load(Relaxed)),
             children: vec![(lo.chars().next().unwrap_or('\0'), x)],
-            ids: IdArray::arc(&ids[..k]),
-            ends: ends[..k].into(),
-            logprobs: lp.as_ref().map(|v| v[..k].into()),
-            loss_mask: mask.as_ref().map(|v| v[..k].into()),
+            toks: Arc::new(toks.slice(0..k)),
             workers: xn.workers.clone(),
         };
         xn.text = lo.into();
         xn.start = at;
         xn.nchars -= c;
         xn.ascii = lo.is_ascii();
-        xn.ids = IdArray::arc(&ids[k..]);
-        xn.ends = ends[k..].into();
-        xn.logprobs = lp.map(|v| v[k..].into());
-        xn.loss_mask = mask.map(|v| v[k..].into());
+        xn.toks = Arc::new(toks.slice(k..toks.len()));
         let parent = xn.parent;
         let w1 = xn.weight() + upper.weight();
         let u = self.alloc(upper);
@@ -470,7 +434,7 @@ impl Tree {
         let n = std::mem::take(&mut self.nodes[x as usize]);
         self.freed += n.heap_bytes();
         self.charged -= n.weight();
-        self.tokens -= n.ids.len() as u64;
+        self.tokens -= n.toks.len() as u64;
         self.free.push(x);
         self.live -= 1;
         self.evictions += 1;
@@ -528,11 +492,11 @@ impl Tree {
     /// Pin the deepest node `q` reaches (nothing if `q` matches nothing).
     /// Returns the pin id and the matched length in characters.
     pub fn pin(&mut self, q: &str, tick: u64) -> (Option<u64>, usize) {
-        let w = self.walk(q, tick);
-        let Some(last) = w.segs.last() else {
+        let w = self.walk(q, tick, |_, _, _| {});
+        if w.last == ROOT {
             return (None, 0);
-        };
-        let node = last.node;
+        }
+        let node = w.last;
         self.node_mut(node).pins += 1;
         let pin = self.next_pin;
         self.next_pin += 1;
@@ -603,7 +567,7 @@ impl Tree {
             }
             live += 1;
             charged += n.weight();
-            tokens += n.ids.len() as u64;
+            tokens += n.toks.len() as u64;
             assert!(!n.text.is_empty());
             assert_eq!(n.nchars as usize, n.text.chars().count());
             let p = self.node(n.parent);
@@ -612,14 +576,15 @@ impl Tree {
             assert!(p.children.contains(&(first, i as u32)));
             let pend = if n.parent == ROOT { 0 } else { p.end() };
             assert_eq!(n.start, pend);
-            assert_eq!(n.ids.len(), n.ends.len());
-            assert!(n.ends.windows(2).all(|w| w[0] <= w[1]));
-            assert!(n.ends.iter().all(|&e| e <= n.end()));
-            if let Some(lp) = &n.logprobs {
-                assert_eq!(lp.len(), n.ids.len());
+            let t = &n.toks;
+            assert_eq!(t.ids.len(), t.ends.len());
+            assert!(t.ends.windows(2).all(|w| w[0] <= w[1]));
+            assert!(t.ends.iter().all(|&e| e <= n.end()));
+            if let Some(lp) = &t.logprobs {
+                assert_eq!(lp.len(), t.ids.len());
             }
-            if let Some(m) = &n.loss_mask {
-                assert_eq!(m.len(), n.ids.len());
+            if let Some(m) = &t.loss_mask {
+                assert_eq!(m.len(), t.ids.len());
             }
             assert!(p.children.windows(2).all(|w| w[0].0 < w[1].0));
         }

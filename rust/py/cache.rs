@@ -9,7 +9,10 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple, PyType};
 
-use crate::cache::{json_len, write_json, Error, Match, PrefixCache, Tokens};
+use crate::cache::{
+    json_len, token_char_ends as token_char_ends_core, CharEndsError, Error, Match, PrefixCache,
+    Tokens,
+};
 
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
@@ -63,6 +66,195 @@ fn u32s_from_bytes(what: &str, b: &[u8]) -> PyResult<Vec<u32>> {
         .collect())
 }
 
+/// The buffer protocol. `PyObject_GetBuffer`, `PyBuffer_Release` and `Py_buffer` joined the
+/// stable ABI in Python 3.11 (so pyo3's abi3-py310 bindings leave them out); the functions and
+/// this struct layout are the same in every CPython since 3.3, 3.10 included.
+mod pybuf {
+    use pyo3::ffi::{PyObject, Py_ssize_t};
+    use std::os::raw::{c_char, c_int, c_void};
+
+    #[repr(C)]
+    pub struct Py_buffer {
+        pub buf: *mut c_void,
+        pub obj: *mut PyObject,
+        pub len: Py_ssize_t,
+        pub itemsize: Py_ssize_t,
+        pub readonly: c_int,
+        pub ndim: c_int,
+        pub format: *mut c_char,
+        pub shape: *mut Py_ssize_t,
+        pub strides: *mut Py_ssize_t,
+        pub suboffsets: *mut Py_ssize_t,
+        pub internal: *mut c_void,
+    }
+
+    impl Py_buffer {
+        pub fn new() -> Self {
+            Py_buffer {
+                buf: std::ptr::null_mut(),
+                obj: std::ptr::null_mut(),
+                len: 0,
+                itemsize: 0,
+                readonly: 0,
+                ndim: 0,
+                format: std::ptr::null_mut(),
+                shape: std::ptr::null_mut(),
+                strides: std::ptr::null_mut(),
+                suboffsets: std::ptr::null_mut(),
+                internal: std::ptr::null_mut(),
+            }
+        }
+    }
+
+    pub const PYBUF_FORMAT: c_int = 0x0004;
+    /// PyBUF_C_CONTIGUOUS: 0x0020 | PyBUF_STRIDES (0x0010 | PyBUF_ND (0x0008)).
+    pub const PYBUF_C_CONTIGUOUS: c_int = 0x0038;
+
+    extern "C" {
+        pub fn PyObject_GetBuffer(obj: *mut PyObject, view: *mut Py_buffer, flags: c_int) -> c_int;
+        pub fn PyBuffer_Release(view: *mut Py_buffer);
+    }
+}
+
+/// A C-contiguous buffer exported by an object (`array`, `memoryview`, numpy array, ...),
+/// released on drop.
+struct Buffer {
+    view: pybuf::Py_buffer,
+}
+
+/// How a buffer's items are read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Item {
+    Unsigned(usize),
+    Signed(usize),
+    Float(usize),
+    Bool,
+}
+
+impl Buffer {
+    /// The buffer of `obj`, or None if it has none (or not a contiguous one).
+    fn get(obj: &Bound<'_, PyAny>) -> Option<Buffer> {
+        let mut view = pybuf::Py_buffer::new();
+        // SAFETY: `view` is a valid Py_buffer to fill; on failure the exception is cleared and
+        // nothing needs releasing. With the GIL held the exporter keeps the memory alive and
+        // unmoved until PyBuffer_Release (in Drop).
+        let rc = unsafe {
+            pybuf::PyObject_GetBuffer(
+                obj.as_ptr(),
+                &mut view,
+                pybuf::PYBUF_FORMAT | pybuf::PYBUF_C_CONTIGUOUS,
+            )
+        };
+        if rc != 0 {
+            PyErr::take(obj.py());
+            return None;
+        }
+        Some(Buffer { view })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.view.buf.is_null() || self.view.len <= 0 {
+            return &[];
+        }
+        // SAFETY: a C-contiguous buffer of `len` bytes at `buf`, alive until released.
+        unsafe { std::slice::from_raw_parts(self.view.buf.cast::<u8>(), self.view.len as usize) }
+    }
+
+    /// The item type, for native byte order only (None: some other format).
+    fn item(&self) -> Option<Item> {
+        let size = usize::try_from(self.view.itemsize).ok()?;
+        let fmt = if self.view.format.is_null() {
+            b"B".as_slice()
+        } else {
+            // SAFETY: `format` is a NUL-terminated string owned by the buffer.
+            unsafe { std::ffi::CStr::from_ptr(self.view.format) }.to_bytes()
+        };
+        let code = match fmt {
+            [c] | [b'@', c] | [b'=', c] => *c,
+            [b'<', c] if cfg!(target_endian = "little") => *c,
+            [b'>' | b'!', c] if cfg!(target_endian = "big") => *c,
+            _ => return None,
+        };
+        let item = match code {
+            b'B' | b'H' | b'I' | b'L' | b'Q' | b'N' => Item::Unsigned(size),
+            b'b' | b'h' | b'i' | b'l' | b'q' | b'n' => Item::Signed(size),
+            b'f' | b'd' => Item::Float(size),
+            b'?' => Item::Bool,
+            _ => return None,
+        };
+        let ok = match item {
+            Item::Unsigned(n) | Item::Signed(n) => matches!(n, 1 | 2 | 4 | 8),
+            Item::Float(n) => matches!(n, 4 | 8),
+            Item::Bool => size == 1,
+        };
+        ok.then_some(item)
+    }
+
+    /// Item `i` of an integer buffer as i128 (None for a float buffer).
+    fn int_items(&self, item: Item) -> Option<impl Iterator<Item = i128> + '_> {
+        let (size, signed) = match item {
+            Item::Unsigned(n) => (n, false),
+            Item::Signed(n) => (n, true),
+            Item::Bool => (1, false),
+            Item::Float(_) => return None,
+        };
+        Some(self.bytes().chunks_exact(size).map(move |c| {
+            let mut raw = [0u8; 8];
+            if cfg!(target_endian = "little") {
+                raw[..size].copy_from_slice(c);
+            } else {
+                raw[8 - size..].copy_from_slice(c);
+            }
+            let u = u64::from_ne_bytes(raw);
+            if signed {
+                let shift = 64 - 8 * size as u32;
+                i128::from(((u << shift) as i64) >> shift)
+            } else {
+                i128::from(u)
+            }
+        }))
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: the view was filled by a successful PyObject_GetBuffer and is released once.
+        // Buffers are only taken with the GIL held and dropped before it is released.
+        unsafe { pybuf::PyBuffer_Release(&mut self.view) }
+    }
+}
+
+/// Ints from an integer buffer, each checked to be in `0..=max`; None for other buffers.
+fn buffer_ints(what: &str, obj: &Bound<'_, PyAny>, max: u32) -> Option<PyResult<Vec<u32>>> {
+    let buf = Buffer::get(obj)?;
+    let item = buf.item()?;
+    // (max is 1 or u32::MAX.)
+    let bad = |i: usize, v: i128| {
+        PyValueError::new_err(if max == 1 {
+            format!("{what}[{i}] must be 0 or 1")
+        } else {
+            format!("{what}[{i}] = {v} is not in 0..2**32")
+        })
+    };
+    let convert = |v: i128| u32::try_from(v).ok().filter(|&x| x <= max);
+    let b = buf.bytes();
+    let mut out = Vec::with_capacity(b.len() / buf.view.itemsize.max(1) as usize);
+    if item == Item::Unsigned(4) && max == u32::MAX {
+        // The common case (array('I'), numpy uint32): every value fits, a plain copy.
+        return Some(Ok(b
+            .chunks_exact(4)
+            .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()));
+    }
+    for (i, v) in buf.int_items(item)?.enumerate() {
+        match convert(v) {
+            Some(x) => out.push(x),
+            None => return Some(Err(bad(i, v))),
+        }
+    }
+    Some(Ok(out))
+}
+
 /// The hot path for `list[int]`: read each item as a C unsigned long without creating an
 /// owned reference; anything unusual (non-int items, errors) goes through `u32_item`.
 fn list_u32s(what: &str, list: &Bound<'_, PyList>) -> PyResult<Vec<u32>> {
@@ -96,7 +288,9 @@ fn list_u32s(what: &str, list: &Bound<'_, PyList>) -> PyResult<Vec<u32>> {
     Ok(out)
 }
 
-/// A list / tuple / iterable of ints, bytes holding native u32, or an `array('I')` / memoryview of format 'I'.
+/// A list / tuple / iterable of ints, bytes holding native uint32, or a buffer of integers
+/// (`array('I')` and other `array` / `memoryview` / numpy integer types, read without
+/// creating Python ints).
 fn extract_u32s(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
     if let Ok(list) = obj.cast::<PyList>() {
         return list_u32s(what, list);
@@ -116,21 +310,8 @@ fn extract_u32s(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
             "{what} must be a sequence of ints, not str"
         )));
     }
-    // array.array('I') and memoryview(format='I'): copy their bytes in one go.
-    let code = obj
-        .getattr("typecode")
-        .or_else(|_| obj.getattr("format"))
-        .ok()
-        .and_then(|c| c.extract::<String>().ok());
-    if let Some(code) = code {
-        let itemsize = obj
-            .getattr("itemsize")
-            .ok()
-            .and_then(|s| s.extract::<usize>().ok());
-        if matches!(code.as_str(), "I" | "L" | "=I" | "<I" | "@I") && itemsize == Some(4) {
-            let raw = obj.call_method0("tobytes")?;
-            return u32s_from_bytes(what, raw.cast::<PyBytes>()?.as_bytes());
-        }
+    if let Some(v) = buffer_ints(what, obj, u32::MAX) {
+        return v;
     }
     let mut out = Vec::new();
     for (i, item) in obj.try_iter()?.enumerate() {
@@ -140,6 +321,26 @@ fn extract_u32s(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
 }
 
 fn extract_f32s(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
+    if !obj.is_instance_of::<PyList>() {
+        if let Some(buf) = Buffer::get(obj) {
+            let b = buf.bytes();
+            match buf.item() {
+                Some(Item::Float(4)) => {
+                    return Ok(b
+                        .chunks_exact(4)
+                        .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect())
+                }
+                Some(Item::Float(8)) => {
+                    return Ok(b
+                        .chunks_exact(8)
+                        .map(|c| f64::from_ne_bytes(c.try_into().unwrap_or([0; 8])) as f32)
+                        .collect())
+                }
+                _ => {}
+            }
+        }
+    }
     let mut out = Vec::new();
     for (i, item) in obj.try_iter()?.enumerate() {
         let item = item?;
@@ -155,18 +356,24 @@ fn extract_f32s(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
 }
 
 fn extract_mask(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if !obj.is_instance_of::<PyList>() && !obj.is_instance_of::<PyString>() {
+        if let Some(v) = buffer_ints("loss_mask", obj, 1) {
+            // Every value is 0 or 1.
+            return v.map(|v| v.into_iter().map(|x| x as u8).collect());
+        }
+    }
     let mut out = Vec::new();
     for (i, item) in obj.try_iter()?.enumerate() {
         let item = item?;
-        if !item.is_instance_of::<PyInt>() {
-            return Err(PyTypeError::new_err(format!(
-                "loss_mask[{i}] must be 0 or 1, not {}",
-                type_name(&item)
-            )));
-        }
+        // Ints and int-likes (numpy integers); floats and others are a TypeError.
         match item.extract::<i64>() {
-            Ok(0) => out.push(0),
-            Ok(1) => out.push(1),
+            Ok(v @ (0 | 1)) => out.push(v as u8),
+            Err(_) if !item.is_instance_of::<PyInt>() => {
+                return Err(PyTypeError::new_err(format!(
+                    "loss_mask[{i}] must be 0 or 1, not {}",
+                    type_name(&item)
+                )))
+            }
             _ => {
                 return Err(PyValueError::new_err(format!(
                     "loss_mask[{i}] must be 0 or 1"
@@ -175,6 +382,117 @@ fn extract_mask(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
         }
     }
     Ok(out)
+}
+
+/// A new `bytes` object of exactly `len` bytes, written by `fill` (not zeroed first: `fill`
+/// gets a writer that copies slices in order; any byte it leaves unwritten is set to 0).
+fn new_bytes<'py>(
+    py: Python<'py>,
+    len: usize,
+    fill: impl FnOnce(&mut Writer),
+) -> PyResult<Bound<'py, PyBytes>> {
+    let size =
+        ffi::Py_ssize_t::try_from(len).map_err(|_| PyValueError::new_err("result too large"))?;
+    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new bytes object with room for n
+    // bytes (or NULL with an exception set); PyBytes_AsString points at that room. The writer
+    // writes only inside it, and every byte is initialized before the object is shared.
+    unsafe {
+        let obj = ffi::PyBytes_FromStringAndSize(std::ptr::null(), size);
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let bytes = Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>();
+        let mut w = Writer {
+            ptr: ffi::PyBytes_AsString(obj).cast::<u8>(),
+            cap: len,
+            pos: 0,
+        };
+        fill(&mut w);
+        if w.pos < len {
+            std::ptr::write_bytes(w.ptr.add(w.pos), 0, len - w.pos);
+        }
+        Ok(bytes)
+    }
+}
+
+/// Copies slices into uninitialized memory, never past its end.
+struct Writer {
+    ptr: *mut u8,
+    cap: usize,
+    pos: usize,
+}
+
+impl Writer {
+    fn put(&mut self, src: &[u8]) {
+        let n = src.len().min(self.cap - self.pos);
+        // SAFETY: `pos + n <= cap`, and `src` cannot overlap memory we own exclusively.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(self.pos), n) };
+        self.pos += n;
+    }
+
+    fn put_u32s(&mut self, v: &[u32]) {
+        // SAFETY: any u32 slice is a valid byte slice of 4x its length (native byte order).
+        self.put(unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len() * 4) });
+    }
+}
+
+/// uint32 parts as native-endian bytes.
+fn u32_bytes<'py, 'a>(
+    py: Python<'py>,
+    parts: impl Iterator<Item = &'a [u32]> + Clone,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let n: usize = parts.clone().map(<[u32]>::len).sum();
+    new_bytes(py, n * 4, |w| parts.for_each(|p| w.put_u32s(p)))
+}
+
+/// uint32 parts as a new `array.array("I")`.
+fn u32_array<'py, 'a>(
+    py: Python<'py>,
+    parts: impl Iterator<Item = &'a [u32]> + Clone,
+) -> PyResult<Bound<'py, PyAny>> {
+    let array = ARRAY_TYPE.import(py, "array", "array")?;
+    array.call1(("I", u32_bytes(py, parts)?))
+}
+
+/// Each token's end offset in the text that ``ids`` spell, counted from ``start``, as
+/// ``array("I")``: ``table[id]`` is the number of characters that begin in token ``id``.
+#[pyfunction]
+#[pyo3(signature = (ids, table, start = 0))]
+fn token_char_ends<'py>(
+    py: Python<'py>,
+    ids: &Bound<'py, PyAny>,
+    table: &Bound<'py, PyAny>,
+    start: u32,
+) -> PyResult<Bound<'py, PyAny>> {
+    let ids = extract_u32s("ids", ids)?;
+    let buf = Buffer::get(table).ok_or_else(|| {
+        PyTypeError::new_err(
+            "table must be a buffer of unsigned integers (bytes, array('B') or array('I'))",
+        )
+    })?;
+    let ends = match buf.item() {
+        Some(Item::Unsigned(1)) => token_char_ends_core(&ids, buf.bytes(), start),
+        Some(Item::Unsigned(4)) => {
+            let wide = u32s_from_bytes("table", buf.bytes())?;
+            token_char_ends_core(&ids, &wide, start)
+        }
+        _ => {
+            return Err(PyTypeError::new_err(
+                "table must be a buffer of unsigned integers (bytes, array('B') or array('I'))",
+            ))
+        }
+    };
+    let table_len = buf.bytes().len() / buf.view.itemsize.max(1) as usize;
+    drop(buf);
+    let ends = ends.map_err(|e| match e {
+        CharEndsError::UnknownId { index, id } => PyValueError::new_err(format!(
+            "ids[{index}] = {id} is not in the table ({table_len} entries)"
+        )),
+        CharEndsError::Overflow { index } => {
+            PyValueError::new_err(format!("the end of token {index} is past 2**32 - 1"))
+        }
+    })?;
+    u32_array(py, std::iter::once(&ends[..]))
 }
 
 /// A radix-tree prefix cache: text -> token ids, logprobs, loss mask and worker affinity.
@@ -309,7 +627,12 @@ impl PyPrefixCache {
 }
 
 /// The longest cached prefix of a text (see `PrefixCache.match`).
-#[pyclass(frozen, name = "PrefixMatch", module = "radixrouter._core")]
+#[pyclass(
+    frozen,
+    freelist = 16,
+    name = "PrefixMatch",
+    module = "radixrouter._core"
+)]
 pub struct PyPrefixMatch {
     m: Match,
 }
@@ -355,8 +678,8 @@ impl PyPrefixMatch {
     #[getter]
     fn workers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for (w, n) in &self.m.workers {
-            d.set_item(&**w, *n)?;
+        for (w, n) in self.m.workers() {
+            d.set_item(w, n)?;
         }
         Ok(d)
     }
@@ -364,8 +687,8 @@ impl PyPrefixMatch {
     #[getter]
     fn worker_ages<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for ((w, _), age) in self.m.workers.iter().zip(&self.m.worker_ages) {
-            d.set_item(&**w, *age)?;
+        for (w, age) in self.m.worker_ages() {
+            d.set_item(w, age)?;
         }
         Ok(d)
     }
@@ -373,31 +696,48 @@ impl PyPrefixMatch {
     /// The ids as a JSON array, e.g. ``b"[1,2,3]"``.
     fn ids_json<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let parts = self.m.json_parts();
-        PyBytes::new_with(py, json_len(parts.iter().copied()), |buf| {
-            write_json(parts, buf);
-            Ok(())
+        let len = json_len(parts.clone());
+        new_bytes(py, len, |w| {
+            w.put(b"[");
+            parts.for_each(|p| w.put(p));
+            // The last comma becomes the closing bracket ("[]" when there are no ids).
+            w.pos = len - 1;
+            w.put(b"]");
         })
     }
 
     /// The ids as native-endian uint32 bytes (``memoryview(b).cast("I")``, ``numpy.frombuffer(b, "u4")``).
     fn ids_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        PyBytes::new_with(py, self.m.token_count() * 4, |buf| {
-            let mut at = 0;
-            for part in self.m.id_parts() {
-                let dst = &mut buf[at..at + part.len() * 4];
-                for (d, id) in dst.chunks_exact_mut(4).zip(part) {
-                    d.copy_from_slice(&id.to_ne_bytes());
-                }
-                at += part.len() * 4;
-            }
-            Ok(())
-        })
+        u32_bytes(py, self.m.id_parts())
     }
 
     /// The ids as ``array.array("I")``.
     fn ids_array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let array = ARRAY_TYPE.import(py, "array", "array")?;
-        array.call1(("I", self.ids_bytes(py)?))
+        u32_array(py, self.m.id_parts())
+    }
+
+    /// The matched tokens' end offsets (``str`` indices) as ``array.array("I")``.
+    fn ends_array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        u32_array(py, self.m.end_parts())
+    }
+
+    /// The logprobs as ``array.array("f")`` (float32, as stored; 0.0 where none was recorded).
+    fn logprobs_array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let n = self.m.token_count();
+        let bits: Vec<u32> = match self.m.logprobs() {
+            Some(v) => v.iter().map(|x| x.to_bits()).collect(),
+            None => vec![0; n],
+        };
+        let raw = u32_bytes(py, std::iter::once(&bits[..]))?;
+        ARRAY_TYPE.import(py, "array", "array")?.call1(("f", raw))
+    }
+
+    /// The loss mask as ``array.array("B")`` (0 where none was recorded).
+    fn loss_mask_array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let n = self.m.token_count();
+        let mask = self.m.loss_mask().unwrap_or_else(|| vec![0; n]);
+        let raw = new_bytes(py, n, |w| w.put(&mask))?;
+        ARRAY_TYPE.import(py, "array", "array")?.call1(("B", raw))
     }
 
     fn __len__(&self) -> usize {
@@ -410,11 +750,7 @@ impl PyPrefixMatch {
             self.m.length,
             self.m.matched_chars,
             self.m.token_count(),
-            self.m
-                .workers
-                .iter()
-                .map(|(w, n)| (&**w, *n))
-                .collect::<Vec<_>>()
+            self.m.workers().collect::<Vec<_>>()
         )
     }
 }
@@ -487,5 +823,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPrefixCache>()?;
     m.add_class::<PyPrefixMatch>()?;
     m.add_class::<PyPrefixPin>()?;
+    m.add_function(wrap_pyfunction!(token_char_ends, m)?)?;
     Ok(())
 }
