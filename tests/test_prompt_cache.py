@@ -39,6 +39,15 @@ class _ModelMatch:
     def ids_json(self):
         return ("[" + ",".join(map(str, self.token_ids)) + "]").encode()
 
+    def ends_array(self):
+        return array.array("I", self.ends)
+
+    def loss_mask_array(self):
+        return array.array("B", self.loss_mask)
+
+    def logprobs_array(self):
+        return array.array("f", self.logprobs)
+
 
 class ModelPrefixCache:
     """Stand-in for interface A with the cache's documented rules: existing tokens win (an insert brings
