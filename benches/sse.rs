@@ -27,7 +27,34 @@ fn bench_decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("sse-decode");
     group.throughput(Throughput::Bytes(stream.len() as u64));
     group.sample_size(20);
-    group.bench_function("chat-stream-4KiB-reads", |b| {
+    // The core alone: borrowed events, the sink only counts their bytes.
+    group.bench_function("feed_with", |b| {
+        b.iter(|| {
+            let mut dec = Decoder::default();
+            let mut n = 0usize;
+            for chunk in stream.chunks(4096) {
+                dec.feed_with(chunk, |e| n += e.data.len()).unwrap();
+            }
+            black_box(n)
+        })
+    });
+    // Borrowed events; the sink checks each data
+    // payload is UTF-8, as building a Python str from it does.
+    group.bench_function("feed_with-utf8-check", |b| {
+        b.iter(|| {
+            let mut dec = Decoder::default();
+            let mut n = 0usize;
+            for chunk in stream.chunks(4096) {
+                dec.feed_with(chunk, |e| {
+                    n += usize::from(std::str::from_utf8(e.data).is_ok())
+                })
+                .unwrap();
+            }
+            black_box(n)
+        })
+    });
+    // Owned events (three Strings per event).
+    group.bench_function("feed_into-owned-events", |b| {
         b.iter(|| {
             let mut dec = Decoder::default();
             let mut out = Vec::new();

@@ -3,7 +3,9 @@
 use std::sync::{Mutex, TryLockError};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyBytes, PyInt, PyList, PyString};
 
 use crate::sse::{DecodeError, Decoder, EncodeError, EventRef, Frame, DEFAULT_LIMIT};
@@ -29,35 +31,45 @@ impl From<EncodeError> for PyErr {
 
 /// One dispatched server-sent event.
 ///
-/// `data` is created as a Python string once, when the event is decoded; the
-/// event type is stored only when it is not the default "message".
-#[pyclass(frozen, name = "SseEvent", module = "radixrouter._core")]
+/// Every field is a Python object made once, when the event is decoded, and read
+/// through a plain member descriptor. The decoder shares one "message" str, one
+/// `id` str while the id does not change, and one str for a repeated event type.
+#[pyclass(
+    frozen,
+    freelist = 256,
+    name = "SseEvent",
+    module = "radixrouter._core"
+)]
 pub struct PySseEvent {
-    event: Option<String>,
+    #[pyo3(get)]
+    event: Py<PyString>,
+    #[pyo3(get)]
     data: Py<PyString>,
-    id: String,
-    retry: Option<u64>,
+    #[pyo3(get)]
+    id: Py<PyString>,
+    #[pyo3(get)]
+    retry: Py<PyAny>,
 }
 
-fn py_text<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => PyString::new(py, s),
-        Err(_) => PyString::new(py, &String::from_utf8_lossy(bytes)),
+/// Decodes UTF-8 into a str in one pass (CPython's decoder, which copies while it
+/// checks). Invalid sequences become U+FFFD, one per maximal subpart, as in the
+/// WHATWG decoder (and Rust's `from_utf8_lossy`, which the core uses for ids and
+/// event types; the tests check the two agree).
+fn py_text<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    let len = ffi::Py_ssize_t::try_from(bytes.len())
+        .map_err(|_| PyValueError::new_err("SSE data too large"))?;
+    // SAFETY: the pointer and length describe `bytes`; the result is a new reference
+    // to a str, or NULL with an exception set.
+    unsafe {
+        let ptr = ffi::PyUnicode_DecodeUTF8(bytes.as_ptr().cast(), len, c"replace".as_ptr());
+        Ok(Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked())
     }
 }
 
-impl PySseEvent {
-    fn from_ref(py: Python<'_>, e: EventRef<'_>) -> Self {
-        PySseEvent {
-            event: e.event.map(str::to_owned),
-            data: py_text(py, e.data).unbind(),
-            id: e.id.to_owned(),
-            retry: e.retry,
-        }
-    }
-
-    fn event_type(&self) -> &str {
-        self.event.as_deref().unwrap_or("message")
+fn retry_obj(py: Python<'_>, retry: Option<u64>) -> PyResult<Py<PyAny>> {
+    match retry {
+        None => Ok(py.None()),
+        Some(r) => Ok(r.into_pyobject(py)?.into_any().unbind()),
     }
 }
 
@@ -65,44 +77,27 @@ impl PySseEvent {
 impl PySseEvent {
     #[new]
     #[pyo3(
-        signature = (data = String::new(), event = String::from("message"), id = String::new(), retry = None),
+        signature = (data = None, event = None, id = None, retry = None),
         text_signature = "(data='', event='message', id='', retry=None)"
     )]
-    fn new(py: Python<'_>, data: String, event: String, id: String, retry: Option<u64>) -> Self {
-        let event = if event.is_empty() || event == "message" {
-            None
-        } else {
-            Some(event)
+    fn new(
+        py: Python<'_>,
+        data: Option<Bound<'_, PyString>>,
+        event: Option<Bound<'_, PyString>>,
+        id: Option<Bound<'_, PyString>>,
+        retry: Option<u64>,
+    ) -> PyResult<Self> {
+        let empty = || PyString::new(py, "");
+        let event = match event {
+            Some(e) if e.to_str()? != "" => e,
+            _ => pyo3::intern!(py, "message").clone(),
         };
-        PySseEvent {
-            event,
-            data: PyString::new(py, &data).unbind(),
-            id,
-            retry,
-        }
-    }
-
-    #[getter]
-    fn event<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
-        match &self.event {
-            None => pyo3::intern!(py, "message").clone(),
-            Some(e) => PyString::new(py, e),
-        }
-    }
-
-    #[getter]
-    fn data<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
-        self.data.bind(py).clone()
-    }
-
-    #[getter]
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    #[getter]
-    fn retry(&self) -> Option<u64> {
-        self.retry
+        Ok(PySseEvent {
+            event: event.unbind(),
+            data: data.unwrap_or_else(empty).unbind(),
+            id: id.unwrap_or_else(empty).unbind(),
+            retry: retry_obj(py, retry)?,
+        })
     }
 
     fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -110,23 +105,50 @@ impl PySseEvent {
             return Ok(false);
         };
         let other = other.get();
-        Ok(self.event_type() == other.event_type()
-            && self.id == other.id
-            && self.retry == other.retry
-            && self.data.bind(py).to_str()? == other.data.bind(py).to_str()?)
+        let same = |a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>| -> PyResult<bool> {
+            a.rich_compare(b, CompareOp::Eq)?.is_truthy()
+        };
+        Ok(
+            same(self.data.bind(py).as_any(), other.data.bind(py).as_any())?
+                && same(self.event.bind(py).as_any(), other.event.bind(py).as_any())?
+                && same(self.id.bind(py).as_any(), other.id.bind(py).as_any())?
+                && same(self.retry.bind(py), other.retry.bind(py))?,
+        )
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let retry = self
-            .retry
-            .map_or_else(|| "None".to_owned(), |r| r.to_string());
         Ok(format!(
-            "SseEvent(data={:?}, event={:?}, id={:?}, retry={})",
-            self.data.bind(py).to_str()?,
-            self.event_type(),
-            self.id,
-            retry
+            "SseEvent(data={}, event={}, id={}, retry={})",
+            self.data.bind(py).repr()?,
+            self.event.bind(py).repr()?,
+            self.id.bind(py).repr()?,
+            self.retry.bind(py).repr()?,
         ))
+    }
+}
+
+/// The core decoder and the Python strs the binding reuses across events.
+struct State {
+    dec: Decoder,
+    /// The last event id and its str.
+    id: (String, Py<PyString>),
+    /// The last non-default event type and its str.
+    event: (String, Py<PyString>),
+}
+
+impl State {
+    /// The str for `text`, made only when `text` differs from the cached one.
+    fn cached<'py>(
+        py: Python<'py>,
+        cache: &mut (String, Py<PyString>),
+        text: &str,
+    ) -> Bound<'py, PyString> {
+        if cache.0 != text {
+            cache.0.clear();
+            cache.0.push_str(text);
+            cache.1 = PyString::new(py, text).unbind();
+        }
+        cache.1.bind(py).clone()
     }
 }
 
@@ -137,11 +159,11 @@ impl PySseEvent {
 /// while holding the interpreter could deadlock).
 #[pyclass(frozen, name = "SseDecoder", module = "radixrouter._core")]
 pub struct PySseDecoder {
-    inner: Mutex<Decoder>,
+    inner: Mutex<State>,
 }
 
 impl PySseDecoder {
-    fn lock(&self) -> PyResult<std::sync::MutexGuard<'_, Decoder>> {
+    fn lock(&self) -> PyResult<std::sync::MutexGuard<'_, State>> {
         match self.inner.try_lock() {
             Ok(guard) => Ok(guard),
             // A panic while holding the lock cannot leave the decoder in an unsafe state.
@@ -150,6 +172,27 @@ impl PySseDecoder {
                 "SseDecoder is already in use by another thread",
             )),
         }
+    }
+
+    /// Runs the core over `data` (bytes, or any object that converts to bytes) with `sink`.
+    fn run<'py, F>(&self, data: &Bound<'py, PyAny>, what: &str, sink: F) -> PyResult<()>
+    where
+        F: FnMut(&mut (String, Py<PyString>), &mut (String, Py<PyString>), EventRef<'_>),
+    {
+        let mut state = self.lock()?;
+        let State { dec, id, event } = &mut *state;
+        let mut sink = sink;
+        let mut call = |e: EventRef<'_>| sink(id, event, e);
+        let result = if let Ok(b) = data.cast::<PyBytes>() {
+            dec.feed_with(b.as_bytes(), &mut call)
+        } else if let Ok(bytes) = data.extract::<Vec<u8>>() {
+            dec.feed_with(&bytes, &mut call)
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "SseDecoder.{what}() takes bytes"
+            )));
+        };
+        Ok(result?)
     }
 }
 
@@ -160,57 +203,103 @@ impl PySseDecoder {
         signature = (*, max_line_bytes = DEFAULT_LIMIT, max_event_bytes = DEFAULT_LIMIT),
         text_signature = "(*, max_line_bytes=16777216, max_event_bytes=16777216)"
     )]
-    fn new(max_line_bytes: usize, max_event_bytes: usize) -> PyResult<Self> {
+    fn new(py: Python<'_>, max_line_bytes: usize, max_event_bytes: usize) -> PyResult<Self> {
         if max_line_bytes == 0 || max_event_bytes == 0 {
             return Err(PyValueError::new_err("SSE size limits must be positive"));
         }
         Ok(PySseDecoder {
-            inner: Mutex::new(Decoder::new(max_line_bytes, max_event_bytes)),
+            inner: Mutex::new(State {
+                dec: Decoder::new(max_line_bytes, max_event_bytes),
+                id: (String::new(), PyString::new(py, "").unbind()),
+                event: (
+                    String::from("message"),
+                    pyo3::intern!(py, "message").clone().unbind(),
+                ),
+            }),
         })
     }
 
     /// Feed bytes; return the events they complete.
     fn feed<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
-        let list = PyList::empty(py);
+        let mut events: Vec<Bound<'py, PySseEvent>> = Vec::new();
         let mut failure: Option<PyErr> = None;
-        let mut sink = |e: EventRef<'_>| {
-            if failure.is_none() {
-                let obj = Bound::new(py, PySseEvent::from_ref(py, e)).and_then(|o| list.append(o));
-                if let Err(err) = obj {
-                    failure = Some(err);
-                }
+        let message = pyo3::intern!(py, "message");
+        self.run(data, "feed", |id, event, e| {
+            if failure.is_some() {
+                return;
             }
-        };
-        let mut dec = self.lock()?;
-        let result = if let Ok(b) = data.cast::<PyBytes>() {
-            dec.feed_with(b.as_bytes(), &mut sink)
-        } else if let Ok(bytes) = data.extract::<Vec<u8>>() {
-            dec.feed_with(&bytes, &mut sink)
-        } else {
-            return Err(PyTypeError::new_err("SseDecoder.feed() takes bytes"));
-        };
-        drop(dec);
+            let made = py_text(py, e.data).and_then(|text| {
+                let event = match e.event {
+                    None => message.clone(),
+                    Some(name) => State::cached(py, event, name),
+                };
+                let ev = PySseEvent {
+                    event: event.unbind(),
+                    data: text.unbind(),
+                    id: State::cached(py, id, e.id).unbind(),
+                    retry: retry_obj(py, e.retry)?,
+                };
+                Bound::new(py, ev)
+            });
+            match made {
+                Ok(obj) => events.push(obj),
+                Err(err) => failure = Some(err),
+            }
+        })?;
         if let Some(err) = failure {
             return Err(err);
         }
-        result?;
-        Ok(list)
+        PyList::new(py, events)
+    }
+
+    /// Feed bytes; return the data of the events they complete.
+    fn feed_data<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut items: Vec<Bound<'py, PyString>> = Vec::new();
+        let mut failure: Option<PyErr> = None;
+        let mut named: Option<String> = None;
+        self.run(data, "feed_data", |_, _, e| {
+            if failure.is_some() || named.is_some() {
+                return;
+            }
+            if e.event_type() != "message" {
+                named = Some(e.event_type().to_owned());
+                return;
+            }
+            match py_text(py, e.data) {
+                Ok(text) => items.push(text),
+                Err(err) => failure = Some(err),
+            }
+        })?;
+        if let Some(err) = failure {
+            return Err(err);
+        }
+        if let Some(name) = named {
+            return Err(SseDecodeError::new_err(format!(
+                "SseDecoder.feed_data() got an event of type {name:?}; it only returns \
+                 \"message\" events (use feed() for streams with named events)"
+            )));
+        }
+        PyList::new(py, items)
     }
 
     /// End of stream: discard the unfinished line and block.
     fn close(&self) -> PyResult<()> {
-        self.lock()?.close();
+        self.lock()?.dec.close();
         Ok(())
     }
 
     #[getter]
     fn last_event_id(&self) -> PyResult<String> {
-        Ok(self.lock()?.last_event_id().to_owned())
+        Ok(self.lock()?.dec.last_event_id().to_owned())
     }
 
     #[getter]
     fn reconnection_time(&self) -> PyResult<Option<u64>> {
-        Ok(self.lock()?.reconnection_time())
+        Ok(self.lock()?.dec.reconnection_time())
     }
 }
 
