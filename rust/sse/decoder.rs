@@ -520,6 +520,44 @@ mod tests {
     }
 
     #[test]
+    fn borrowed_and_buffered_data() {
+        // One data line in the read: handed out without a copy; several lines, or a
+        // block that spans reads, go through the buffer. Same events either way.
+        let mut d = Decoder::default();
+        let mut seen = Vec::new();
+        d.feed_with(b"data: a\n\ndata: b\ndata: c\n\ndata: d\n", |e| {
+            seen.push(e.data.to_vec())
+        })
+        .unwrap();
+        d.feed_with(b"\ndata: e\n", |e| seen.push(e.data.to_vec()))
+            .unwrap();
+        d.feed_with(b"data: f\n\n", |e| seen.push(e.data.to_vec()))
+            .unwrap();
+        let want: Vec<&[u8]> = vec![b"a", b"b\nc", b"d", b"e\nf"];
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn errors_keep_the_block_before_them() {
+        // The event limit counts a held data line and the next read's line together.
+        let mut d = Decoder::new(100, 8);
+        assert!(d.feed(b"data:1234\n").unwrap().is_empty());
+        assert!(matches!(
+            d.feed(b"data:1234\n"),
+            Err(DecodeError::EventTooLarge { .. })
+        ));
+        assert_eq!(d.feed(b"\ndata:ok\n\n").unwrap(), vec![ev("ok")]);
+        // A too-long line drops only itself: the data line before it in the same read
+        // still belongs to the block.
+        let mut d = Decoder::new(8, 100);
+        assert!(matches!(
+            d.feed(b"data: a\nxxxxxxxxxxxx"),
+            Err(DecodeError::LineTooLong { .. })
+        ));
+        assert_eq!(d.feed(b"\n").unwrap(), vec![ev("a")]);
+    }
+
+    #[test]
     fn any_chunking_same_events() {
         let input = "\u{FEFF}: hi\r\nevent: x\rid: 3\r\ndata: a\u{e9}\ndata\n\nretry: 10\ndata: b\r\n\r\nid\ndata: c\n\n";
         let bytes = input.as_bytes();
