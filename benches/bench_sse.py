@@ -1,7 +1,8 @@
 """SSE codec benchmarks, side by side in one run (pytest-benchmark).
 
 Decode: a realistic OpenAI chat stream of about 10 MB (chunk JSON of 150-300 bytes, read 4 KiB at a time)
-with radixrouter.SseDecoder, httpx-sse's decoder (as its iter_sse drives it: incremental UTF-8 text,
+with radixrouter.SseDecoder (feed(): SseEvent objects, the consumer reads .data; feed_data(): the data
+of each event as bytes), httpx-sse's decoder (as its iter_sse drives it: incremental UTF-8 text,
 SSELineDecoder, SSEDecoder) and the openai SDK's decoder (openai._streaming.SSEDecoder.iter_bytes).
 Encode: 100,000 chunk payloads with encode_event against b"data: " + payload + b"\\n\\n".
 
@@ -74,6 +75,16 @@ def decode_radixrouter() -> int:
     return n
 
 
+def decode_radixrouter_data() -> int:
+    """The data-only API: one bytes object per event; the loop hands each to the consumer."""
+    dec = SseDecoder()
+    n = 0
+    for chunk in READS:
+        for data in dec.feed_data(chunk):  # noqa: B007 - the consumer receives every payload
+            n += 1
+    return n
+
+
 def decode_httpx_sse() -> int:
     from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
@@ -101,12 +112,12 @@ def decode_openai_sdk() -> int:
 
 
 @pytest.mark.parametrize("stream", ["english", "multilingual"])
-@pytest.mark.parametrize("impl", [decode_radixrouter, decode_httpx_sse, decode_openai_sdk],
-                         ids=["radixrouter", "httpx-sse", "openai-sdk"])
+@pytest.mark.parametrize("impl", [decode_radixrouter, decode_radixrouter_data, decode_httpx_sse, decode_openai_sdk],
+                         ids=["radixrouter-feed", "radixrouter-feed_data", "httpx-sse", "openai-sdk"])
 def test_decode_chat_stream(benchmark, impl, stream) -> None:
     n_events, mb = use_stream(stream)
     benchmark.group = f"sse-decode-10MB-{stream}"
-    rounds = 20 if impl is decode_radixrouter else 3
+    rounds = 20 if impl in (decode_radixrouter, decode_radixrouter_data) else 3
     n = benchmark.pedantic(impl, rounds=rounds, iterations=1, warmup_rounds=1)
     assert n == n_events
     benchmark.extra_info["MB"] = round(mb, 2)

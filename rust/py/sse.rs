@@ -63,17 +63,6 @@ fn py_text<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>>
     }
 }
 
-/// The data as bytes holding valid UTF-8: copied as is when it is ASCII (checked
-/// with a vectorized OR over the bytes) or valid UTF-8, else with every invalid
-/// sequence replaced by U+FFFD exactly as `py_text` does.
-fn utf8_bytes<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyBytes> {
-    if bytes.iter().fold(0u8, |acc, b| acc | b) < 0x80 || std::str::from_utf8(bytes).is_ok() {
-        PyBytes::new(py, bytes)
-    } else {
-        PyBytes::new(py, String::from_utf8_lossy(bytes).as_bytes())
-    }
-}
-
 fn retry_obj(py: Python<'_>, retry: Option<u64>) -> PyResult<Py<PyAny>> {
     match retry {
         None => Ok(py.None()),
@@ -302,11 +291,11 @@ impl PySseDecoder {
     ) -> PyResult<Bound<'py, PyList>> {
         let mut named: Option<String> = None;
         let list = self.run(py, data, "feed_data", &mut |_, _, e| {
-            if e.event_type() != "message" {
-                named.get_or_insert_with(|| e.event_type().to_owned());
+            if let Some(name) = e.event.filter(|&name| name != "message") {
+                named.get_or_insert_with(|| name.to_owned());
                 return Ok(None);
             }
-            Ok(Some(utf8_bytes(py, e.data).into_any()))
+            Ok(Some(PyBytes::new(py, &e.data_utf8()).into_any()))
         })?;
         match named {
             None => Ok(list),
