@@ -117,7 +117,7 @@ def decode_openai_sdk() -> int:
 def test_decode_chat_stream(benchmark, impl, stream) -> None:
     n_events, mb = use_stream(stream)
     benchmark.group = f"sse-decode-10MB-{stream}"
-    rounds = 20 if impl in (decode_radixrouter, decode_radixrouter_data) else 3
+    rounds = 20 if impl in (decode_radixrouter, decode_radixrouter_data) else 5
     n = benchmark.pedantic(impl, rounds=rounds, iterations=1, warmup_rounds=1)
     assert n == n_events
     benchmark.extra_info["MB"] = round(mb, 2)
