@@ -171,6 +171,89 @@ def test_event_object() -> None:
         e.data = "x"  # type: ignore[misc]
 
 
+# ---- feed_data ---------------------------------------------------------------------------------------
+
+
+def data_chunks(chunks: list[bytes]) -> list[bytes]:
+    d = SseDecoder()
+    out: list[bytes] = []
+    for c in chunks:
+        out += d.feed_data(c)
+    return out
+
+
+@pytest.mark.parametrize("name,stream,expected", SPEC_CASES, ids=[c[0] for c in SPEC_CASES])
+def test_feed_data_spec_cases(name: str, stream: bytes, expected: list[SseEvent]) -> None:
+    if any(e.event != "message" for e in expected):
+        with pytest.raises(SseDecodeError, match="feed_data"):
+            SseDecoder().feed_data(stream)
+        return
+    want = [e.data.encode() for e in expected]
+    assert data_chunks([stream]) == want
+    assert data_chunks([stream[i : i + 1] for i in range(len(stream))]) == want
+    for i in range(len(stream) + 1):
+        assert data_chunks([stream[:i], stream[i:]]) == want, f"split at {i}"
+
+
+def test_feed_data_returns_bytes_and_tracks_state() -> None:
+    d = SseDecoder()
+    assert d.feed_data(b'id: 4\nretry: 250\ndata: {"a":1}\n\ndata: [DONE]\n') == [b'{"a":1}']
+    assert (d.last_event_id, d.reconnection_time) == ("4", 250)
+    # The blank line in the next read completes the event; feed and feed_data mix on one decoder.
+    assert d.feed_data(b"\n") == [b"[DONE]"]
+    assert d.feed(b"data: x\n\n") == [ev("x", id="4")]
+    assert d.feed_data(b"event: message\ndata: explicit default type\n\nevent\ndata: empty type\n\n") == [
+        b"explicit default type",
+        b"empty type",
+    ]
+    # Every item is valid UTF-8: invalid sequences are replaced as in feed().
+    assert d.feed_data(b"data: \xff\xe2\x82 \xc3\xa9\n\n") == ["\ufffd\ufffd é".encode()]
+    with pytest.raises(TypeError, match="feed_data"):
+        d.feed_data("data: a\n\n")  # type: ignore[arg-type]
+    assert d.feed_data(bytearray(b"data: a\n\n")) == [b"a"]  # type: ignore[arg-type]
+
+
+def test_feed_data_named_event_raises_after_decoding_the_read() -> None:
+    d = SseDecoder()
+    stream = b"data: a\n\nid: 7\nevent: error\ndata: {}\n\nretry: 9\ndata: b\n\ndata: partial"
+    with pytest.raises(SseDecodeError, match='type "error".*use feed\\(\\)'):
+        d.feed_data(stream)
+    # The whole read was decoded, as feed() would have: id, retry and the unfinished line are kept.
+    assert (d.last_event_id, d.reconnection_time) == ("7", 9)
+    assert d.feed_data(b"\n\n") == [b"partial"]
+    # The named event's type does not leak into the next block.
+    assert d.feed_data(b"data: c\n\n") == [b"c"]
+    # The same stream through feed() gives every event.
+    assert [e.event for e in SseDecoder().feed(stream)] == ["message", "error", "message"]
+
+
+def test_feed_data_limits() -> None:
+    d = SseDecoder(max_line_bytes=1024, max_event_bytes=100)
+    with pytest.raises(SseDecodeError, match="event"):
+        d.feed_data(b"data: " + b"y" * 60 + b"\n" + b"data: " + b"y" * 60 + b"\n")
+    assert d.feed_data(b"\ndata: ok\n\n") == [b"ok"]
+
+
+# Invalid UTF-8 as the WHATWG decoder (and Unicode's "maximal subpart" practice) replaces it.
+UTF8_CASES = [
+    (b"\xed\xa0\x80", "\ufffd\ufffd\ufffd"),  # an encoded surrogate: ED must be followed by 80..9F
+    (b"\xf0\x9f\x98", "\ufffd"),  # a truncated 4-byte sequence is one maximal subpart
+    (b"\xc0\xaf", "\ufffd\ufffd"),  # an overlong form: C0 never starts a sequence
+    (b"\xf4\x90\x80\x80", "\ufffd" * 4),  # above U+10FFFF
+    (b"\xe2\x82x\xe2\x82\xac", "\ufffdx€"),
+    (b"\x80\xbf", "\ufffd\ufffd"),
+]
+
+
+@pytest.mark.parametrize("raw,text", UTF8_CASES)
+def test_invalid_utf8_replacement(raw: bytes, text: str) -> None:
+    stream = b"id: " + raw + b"\nevent: e" + raw + b"\ndata: " + raw + b"\n\n"
+    (e,) = SseDecoder().feed(stream)
+    # data is decoded by CPython, id and event type by the Rust core: both must agree with the spec.
+    assert (e.data, e.id, e.event) == (text, text, "e" + text)
+    assert SseDecoder().feed_data(b"data: " + raw + b"\n\n") == [text.encode()]
+
+
 # ---- encoder -----------------------------------------------------------------------------------------
 
 ENCODE_CASES = [
@@ -286,3 +369,51 @@ def test_any_rechunking_gives_same_events(stream: bytes, data: st.DataObject) ->
     d2 = SseDecoder()
     d2.feed(stream)
     assert (d.last_event_id, d.reconnection_time) == (d2.last_event_id, d2.reconnection_time)
+
+
+@settings(max_examples=500, deadline=None)
+@given(raw_stream, st.data())
+def test_feed_data_matches_feed_per_read(stream: bytes, data: st.DataObject) -> None:
+    """feed_data over any chunking gives, read by read, the data of the events feed gives (or raises
+    SseDecodeError for a read that completes a named event), and leaves the same stream state."""
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=False)]
+    by_events, by_data = SseDecoder(), SseDecoder()
+    for c in chunks:
+        events = by_events.feed(c)
+        if any(e.event != "message" for e in events):
+            with pytest.raises(SseDecodeError):
+                by_data.feed_data(c)
+        else:
+            assert by_data.feed_data(c) == [e.data.encode() for e in events]
+        assert (by_data.last_event_id, by_data.reconnection_time) == (by_events.last_event_id,
+                                                                      by_events.reconnection_time)
+
+
+message_stream = st.lists(
+    st.sampled_from(
+        [b"data: x", b"data:", b"data", b"id: 1", b"id", b"retry: 5", b": c", b"\r", b"\n", b"\r\n",
+         b"\xef\xbb\xbf", b"\xe2\x82\xac", b"\xe2", b"\xff", b"\x00", b" ", b":", b"y", b'{"k":"v"}']
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(message_stream, st.data())
+def test_feed_data_any_chunking_equals_feed_of_whole(stream: bytes, data: st.DataObject) -> None:
+    whole = decode_all(stream)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=False)]
+    assert data_chunks(chunks) == [e.data.encode() for e in whole]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=24).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"").replace(b"\x00", b"")))
+def test_utf8_decoding_agrees_everywhere(raw: bytes) -> None:
+    """CPython's decoder (feed's data), the Rust core's (ids) and feed_data's bytes replace invalid
+    UTF-8 identically."""
+    text = raw.decode("utf-8", "replace")
+    (e,) = SseDecoder().feed(b"id: " + raw + b"\ndata: " + raw + b"\n\n")
+    assert e.data == text and e.id == text
+    assert SseDecoder().feed_data(b"data: " + raw + b"\n\n") == [text.encode()]

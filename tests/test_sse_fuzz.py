@@ -11,6 +11,8 @@ import os
 import random
 import time
 
+import pytest
+
 from radixrouter import SseDecodeError, SseDecoder, encode_event
 
 PIECES = [b"data: ", b"data:", b"data", b"id: ", b"id", b"event: ", b"retry: ", b"12", b": ", b"\r", b"\n",
@@ -29,12 +31,22 @@ def _random_stream(rng: random.Random) -> bytes:
 
 def _decode(chunks: list[bytes], limit: int) -> tuple[list, str, int | None] | str:
     d = SseDecoder(max_line_bytes=limit, max_event_bytes=limit)
+    # feed_data on a second decoder must agree with feed read by read.
+    d_data = SseDecoder(max_line_bytes=limit, max_event_bytes=limit)
     out = []
-    try:
-        for c in chunks:
-            out += d.feed(c)
-    except SseDecodeError:
-        return "limit"
+    for c in chunks:
+        try:
+            events = d.feed(c)
+        except SseDecodeError:
+            with pytest.raises(SseDecodeError, match="limit"):
+                d_data.feed_data(c)
+            return "limit"
+        out += events
+        if any(e.event != "message" for e in events):
+            with pytest.raises(SseDecodeError, match="feed_data"):
+                d_data.feed_data(c)
+        else:
+            assert d_data.feed_data(c) == [e.data.encode() for e in events]
     d.close()
     return out, d.last_event_id, d.reconnection_time
 

@@ -22,7 +22,7 @@ __all__ = [
 # ---- SSE codec -------------------------------------------------------------
 
 class SseDecodeError(ValueError):
-    """An SSE line or event exceeded the decoder's size limit."""
+    """An SSE line or event exceeded the decoder's size limit, or ``SseDecoder.feed_data`` met a named event."""
 
 @final
 class SseEvent:
@@ -53,6 +53,21 @@ class SseDecoder:
     def __new__(cls, *, max_line_bytes: int = 16777216, max_event_bytes: int = 16777216) -> SseDecoder: ...
     def feed(self, data: bytes) -> list[SseEvent]:
         """Feed bytes; return the events they complete. Raises SseDecodeError past a size limit."""
+    def feed_data(self, data: bytes) -> list[bytes]:
+        """Feed bytes; return only the data of the events they complete, each as UTF-8 bytes.
+
+        The fast path for streams whose consumer needs only the data (OpenAI-style chat streams).
+        Same decoding as ``feed``: item ``i`` equals ``feed(data)[i].data.encode()`` (invalid UTF-8
+        already replaced by U+FFFD, so every item is valid UTF-8, ready for ``orjson.loads`` or
+        ``encode_event``); ``last_event_id`` and ``reconnection_time`` are tracked as by ``feed``.
+        ``feed`` and ``feed_data`` may be mixed on one decoder.
+
+        Only "message" events are expected: an event whose type is anything else (an ``event``
+        field with a non-empty value other than ``message``) raises SseDecodeError naming it. The
+        whole read is decoded first, so the decoder's state is as after ``feed``, but the data of
+        that read's events is not returned; use ``feed`` for streams with named events. Raises
+        SseDecodeError past a size limit, like ``feed``.
+        """
     def close(self) -> None:
         """End of stream: the unfinished line and undispatched block are discarded."""
     @property

@@ -3,7 +3,9 @@
 use std::sync::{Mutex, TryLockError};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyBytes, PyInt, PyList, PyString};
 
 use crate::sse::{DecodeError, Decoder, EncodeError, EventRef, Frame, DEFAULT_LIMIT};
@@ -12,7 +14,7 @@ pyo3::create_exception!(
     radixrouter._core,
     SseDecodeError,
     PyValueError,
-    "An SSE line or event exceeded the decoder's size limit."
+    "An SSE line or event exceeded the decoder's size limit, or SseDecoder.feed_data() met a named event."
 );
 
 impl From<DecodeError> for PyErr {
@@ -29,35 +31,42 @@ impl From<EncodeError> for PyErr {
 
 /// One dispatched server-sent event.
 ///
-/// `data` is created as a Python string once, when the event is decoded; the
-/// event type is stored only when it is not the default "message".
+/// Every field is a Python object made once, when the event is decoded, and read
+/// through a plain member descriptor. The decoder shares one "message" str, one
+/// `id` str while the id does not change, and one str for a repeated event type.
+/// (`freelist = N` builds with abi3 but measured no gain: pymalloc already keeps
+/// free blocks of this size.)
 #[pyclass(frozen, name = "SseEvent", module = "radixrouter._core")]
 pub struct PySseEvent {
-    event: Option<String>,
+    #[pyo3(get)]
+    event: Py<PyString>,
+    #[pyo3(get)]
     data: Py<PyString>,
-    id: String,
-    retry: Option<u64>,
+    #[pyo3(get)]
+    id: Py<PyString>,
+    #[pyo3(get)]
+    retry: Py<PyAny>,
 }
 
-fn py_text<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => PyString::new(py, s),
-        Err(_) => PyString::new(py, &String::from_utf8_lossy(bytes)),
+/// Decodes UTF-8 into a str in one pass (CPython's decoder, which copies while it
+/// checks). Invalid sequences become U+FFFD, one per maximal subpart, as in the
+/// WHATWG decoder (and Rust's `from_utf8_lossy`, which the core uses for ids and
+/// event types; the tests check the two agree).
+fn py_text<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    let len = ffi::Py_ssize_t::try_from(bytes.len())
+        .map_err(|_| PyValueError::new_err("SSE data too large"))?;
+    // SAFETY: the pointer and length describe `bytes`; the result is a new reference
+    // to a str, or NULL with an exception set.
+    unsafe {
+        let ptr = ffi::PyUnicode_DecodeUTF8(bytes.as_ptr().cast(), len, c"replace".as_ptr());
+        Ok(Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked())
     }
 }
 
-impl PySseEvent {
-    fn from_ref(py: Python<'_>, e: EventRef<'_>) -> Self {
-        PySseEvent {
-            event: e.event.map(str::to_owned),
-            data: py_text(py, e.data).unbind(),
-            id: e.id.to_owned(),
-            retry: e.retry,
-        }
-    }
-
-    fn event_type(&self) -> &str {
-        self.event.as_deref().unwrap_or("message")
+fn retry_obj(py: Python<'_>, retry: Option<u64>) -> PyResult<Py<PyAny>> {
+    match retry {
+        None => Ok(py.None()),
+        Some(r) => Ok(r.into_pyobject(py)?.into_any().unbind()),
     }
 }
 
@@ -65,44 +74,27 @@ impl PySseEvent {
 impl PySseEvent {
     #[new]
     #[pyo3(
-        signature = (data = String::new(), event = String::from("message"), id = String::new(), retry = None),
+        signature = (data = None, event = None, id = None, retry = None),
         text_signature = "(data='', event='message', id='', retry=None)"
     )]
-    fn new(py: Python<'_>, data: String, event: String, id: String, retry: Option<u64>) -> Self {
-        let event = if event.is_empty() || event == "message" {
-            None
-        } else {
-            Some(event)
+    fn new(
+        py: Python<'_>,
+        data: Option<Bound<'_, PyString>>,
+        event: Option<Bound<'_, PyString>>,
+        id: Option<Bound<'_, PyString>>,
+        retry: Option<u64>,
+    ) -> PyResult<Self> {
+        let empty = || PyString::new(py, "");
+        let event = match event {
+            Some(e) if e.len()? > 0 => e,
+            _ => pyo3::intern!(py, "message").clone(),
         };
-        PySseEvent {
-            event,
-            data: PyString::new(py, &data).unbind(),
-            id,
-            retry,
-        }
-    }
-
-    #[getter]
-    fn event<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
-        match &self.event {
-            None => pyo3::intern!(py, "message").clone(),
-            Some(e) => PyString::new(py, e),
-        }
-    }
-
-    #[getter]
-    fn data<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
-        self.data.bind(py).clone()
-    }
-
-    #[getter]
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    #[getter]
-    fn retry(&self) -> Option<u64> {
-        self.retry
+        Ok(PySseEvent {
+            event: event.unbind(),
+            data: data.unwrap_or_else(empty).unbind(),
+            id: id.unwrap_or_else(empty).unbind(),
+            retry: retry_obj(py, retry)?,
+        })
     }
 
     fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -110,25 +102,71 @@ impl PySseEvent {
             return Ok(false);
         };
         let other = other.get();
-        Ok(self.event_type() == other.event_type()
-            && self.id == other.id
-            && self.retry == other.retry
-            && self.data.bind(py).to_str()? == other.data.bind(py).to_str()?)
+        let same = |a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>| -> PyResult<bool> {
+            a.rich_compare(b, CompareOp::Eq)?.is_truthy()
+        };
+        Ok(
+            same(self.data.bind(py).as_any(), other.data.bind(py).as_any())?
+                && same(self.event.bind(py).as_any(), other.event.bind(py).as_any())?
+                && same(self.id.bind(py).as_any(), other.id.bind(py).as_any())?
+                && same(self.retry.bind(py), other.retry.bind(py))?,
+        )
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let retry = self
-            .retry
-            .map_or_else(|| "None".to_owned(), |r| r.to_string());
         Ok(format!(
-            "SseEvent(data={:?}, event={:?}, id={:?}, retry={})",
-            self.data.bind(py).to_str()?,
-            self.event_type(),
-            self.id,
-            retry
+            "SseEvent(data={}, event={}, id={}, retry={})",
+            self.data.bind(py).repr()?,
+            self.event.bind(py).repr()?,
+            self.id.bind(py).repr()?,
+            self.retry.bind(py).repr()?,
         ))
     }
 }
+
+/// The core decoder and what the binding reuses across calls.
+struct State {
+    dec: Decoder,
+    /// The last event id and its str.
+    id: Cached,
+    /// The last non-default event type and its str.
+    event: Cached,
+    /// The objects one call makes, before they go into its list (kept for its allocation).
+    items: Vec<Py<PyAny>>,
+}
+
+/// A str and the text it was made from.
+struct Cached {
+    text: String,
+    obj: Py<PyString>,
+}
+
+impl Cached {
+    fn new(text: &str, obj: Bound<'_, PyString>) -> Self {
+        Cached {
+            text: text.to_owned(),
+            obj: obj.unbind(),
+        }
+    }
+
+    /// The str for `text`, made only when `text` differs from the last one.
+    fn get<'py>(&mut self, py: Python<'py>, text: &str) -> Bound<'py, PyString> {
+        if self.text != text {
+            self.text.clear();
+            self.text.push_str(text);
+            self.obj = PyString::new(py, text).unbind();
+        }
+        self.obj.bind(py).clone()
+    }
+}
+
+/// What a `feed` variant makes of one event: an object for the result list, or
+/// Ok(None) to leave the event out. An error ends the call.
+type MakeItem<'a, 'py> = &'a mut dyn FnMut(
+    &mut Cached,
+    &mut Cached,
+    EventRef<'_>,
+) -> PyResult<Option<Bound<'py, PyAny>>>;
 
 /// Incremental WHATWG server-sent-events decoder.
 ///
@@ -137,11 +175,11 @@ impl PySseEvent {
 /// while holding the interpreter could deadlock).
 #[pyclass(frozen, name = "SseDecoder", module = "radixrouter._core")]
 pub struct PySseDecoder {
-    inner: Mutex<Decoder>,
+    inner: Mutex<State>,
 }
 
 impl PySseDecoder {
-    fn lock(&self) -> PyResult<std::sync::MutexGuard<'_, Decoder>> {
+    fn lock(&self) -> PyResult<std::sync::MutexGuard<'_, State>> {
         match self.inner.try_lock() {
             Ok(guard) => Ok(guard),
             // A panic while holding the lock cannot leave the decoder in an unsafe state.
@@ -150,6 +188,50 @@ impl PySseDecoder {
                 "SseDecoder is already in use by another thread",
             )),
         }
+    }
+
+    /// Runs the core over `data` and returns the list of what `make` gives for the
+    /// completed events. The whole read is decoded even when `make` fails, so the
+    /// stream state is the same as after a successful call.
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+        what: &str,
+        make: MakeItem<'_, 'py>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut state = self.lock()?;
+        let State {
+            dec,
+            id,
+            event,
+            items,
+        } = &mut *state;
+        items.clear();
+        let mut failure: Option<PyErr> = None;
+        let mut sink = |e: EventRef<'_>| {
+            if failure.is_none() {
+                match make(id, event, e) {
+                    Ok(Some(obj)) => items.push(obj.unbind()),
+                    Ok(None) => {}
+                    Err(err) => failure = Some(err),
+                }
+            }
+        };
+        let result = if let Ok(b) = data.cast::<PyBytes>() {
+            dec.feed_with(b.as_bytes(), &mut sink)
+        } else if let Ok(bytes) = data.extract::<Vec<u8>>() {
+            dec.feed_with(&bytes, &mut sink)
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "SseDecoder.{what}() takes bytes"
+            )));
+        };
+        if let Some(err) = failure.or_else(|| result.err().map(PyErr::from)) {
+            items.clear();
+            return Err(err);
+        }
+        PyList::new(py, items.drain(..))
     }
 }
 
@@ -160,57 +242,84 @@ impl PySseDecoder {
         signature = (*, max_line_bytes = DEFAULT_LIMIT, max_event_bytes = DEFAULT_LIMIT),
         text_signature = "(*, max_line_bytes=16777216, max_event_bytes=16777216)"
     )]
-    fn new(max_line_bytes: usize, max_event_bytes: usize) -> PyResult<Self> {
+    fn new(py: Python<'_>, max_line_bytes: usize, max_event_bytes: usize) -> PyResult<Self> {
         if max_line_bytes == 0 || max_event_bytes == 0 {
             return Err(PyValueError::new_err("SSE size limits must be positive"));
         }
         Ok(PySseDecoder {
-            inner: Mutex::new(Decoder::new(max_line_bytes, max_event_bytes)),
+            inner: Mutex::new(State {
+                dec: Decoder::new(max_line_bytes, max_event_bytes),
+                id: Cached::new("", PyString::new(py, "")),
+                event: Cached::new("message", pyo3::intern!(py, "message").clone()),
+                items: Vec::new(),
+            }),
         })
     }
 
     /// Feed bytes; return the events they complete.
     fn feed<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
-        let list = PyList::empty(py);
-        let mut failure: Option<PyErr> = None;
-        let mut sink = |e: EventRef<'_>| {
-            if failure.is_none() {
-                let obj = Bound::new(py, PySseEvent::from_ref(py, e)).and_then(|o| list.append(o));
-                if let Err(err) = obj {
-                    failure = Some(err);
-                }
+        let message = pyo3::intern!(py, "message");
+        self.run(py, data, "feed", &mut |id, event, e| {
+            let ev = PySseEvent {
+                event: match e.event {
+                    None => message.clone().unbind(),
+                    Some(name) => event.get(py, name).unbind(),
+                },
+                data: py_text(py, e.data)?.unbind(),
+                id: id.get(py, e.id).unbind(),
+                retry: retry_obj(py, e.retry)?,
+            };
+            let obj = Bound::new(py, ev)?;
+            // An event holds only strs, an int or None: it can never be part of a
+            // reference cycle, so the cycle collector need not track it (as CPython
+            // does for tuples of such objects). Saves the collector's passes over
+            // every event a consumer keeps.
+            // SAFETY: `obj` is a live object of a GC type; untracking it is always allowed.
+            unsafe { ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) };
+            Ok(Some(obj.into_any()))
+        })
+    }
+
+    /// Feed bytes; return the data of the events they complete, as UTF-8 bytes
+    /// (each equal to `event.data.encode()` for the events `feed` would return).
+    /// An event whose type is not "message" raises SseDecodeError, after the whole
+    /// read has been decoded (the stream state is as after `feed`).
+    fn feed_data<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut named: Option<String> = None;
+        let list = self.run(py, data, "feed_data", &mut |_, _, e| {
+            if let Some(name) = e.event.filter(|&name| name != "message") {
+                named.get_or_insert_with(|| name.to_owned());
+                return Ok(None);
             }
-        };
-        let mut dec = self.lock()?;
-        let result = if let Ok(b) = data.cast::<PyBytes>() {
-            dec.feed_with(b.as_bytes(), &mut sink)
-        } else if let Ok(bytes) = data.extract::<Vec<u8>>() {
-            dec.feed_with(&bytes, &mut sink)
-        } else {
-            return Err(PyTypeError::new_err("SseDecoder.feed() takes bytes"));
-        };
-        drop(dec);
-        if let Some(err) = failure {
-            return Err(err);
+            Ok(Some(PyBytes::new(py, &e.data_utf8()).into_any()))
+        })?;
+        match named {
+            None => Ok(list),
+            Some(name) => Err(SseDecodeError::new_err(format!(
+                "SseDecoder.feed_data() got an event of type {name:?}; it returns only the data \
+                 of \"message\" events (use feed() for streams with named events)"
+            ))),
         }
-        result?;
-        Ok(list)
     }
 
     /// End of stream: discard the unfinished line and block.
     fn close(&self) -> PyResult<()> {
-        self.lock()?.close();
+        self.lock()?.dec.close();
         Ok(())
     }
 
     #[getter]
     fn last_event_id(&self) -> PyResult<String> {
-        Ok(self.lock()?.last_event_id().to_owned())
+        Ok(self.lock()?.dec.last_event_id().to_owned())
     }
 
     #[getter]
     fn reconnection_time(&self) -> PyResult<Option<u64>> {
-        Ok(self.lock()?.reconnection_time())
+        Ok(self.lock()?.dec.reconnection_time())
     }
 }
 
