@@ -32,7 +32,7 @@ from urllib.parse import parse_qs
 import orjson
 
 import radixrouter
-from radixrouter import SseDecoder, encode_event
+from radixrouter import SseDecodeError, SseDecoder, encode_event
 from radixrouter.config import Config
 from radixrouter.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from radixrouter.metrics import Metrics, mark_frame
@@ -324,7 +324,7 @@ class Choice:
         self.abort: dict | None = None
         self.proc: Any = None
         self.emitted = False
-        self.raw: str | None = None  # the last cumulative event as received (its output_ids were skipped)
+        self.raw: bytes | None = None  # the last cumulative event as received (its output_ids were skipped)
 
     def update(self, obj: dict) -> str:
         """Apply one worker event; return the new text."""
@@ -970,9 +970,14 @@ class App:
         out = []
         done = False
         skip_ids = ch is not None and ch.mode == "cumulative"
-        for ev in dec.feed(chunk):
-            data = ev.data
-            if data == "[DONE]":
+        try:
+            datas = dec.feed_data(chunk)  # SGLang names no events; data as UTF-8 bytes (orjson reads them)
+        except SseDecodeError as e:
+            raise UpstreamFailure(
+                ApiError(502, f"worker {w.url} sent an invalid event stream: {e}", code="upstream_error"),
+                retryable) from None
+        for data in datas:
+            if data == b"[DONE]":
                 done = True
                 break
             if not data:
@@ -980,9 +985,9 @@ class App:
             if skip_ids:
                 # `"output_ids":[` with unescaped quotes can only be the key (quotes inside JSON strings are
                 # escaped); the ids are integers, so the first `]` closes the array
-                i = data.find('"output_ids":[')
+                i = data.find(b'"output_ids":[')
                 if i >= 0:
-                    j = data.find("]", i)
+                    j = data.find(b"]", i)
                     if j > 0:
                         ch.raw = data
                         data = data[: i + 14] + data[j:]
