@@ -48,6 +48,7 @@ from radixrouter.openai_api import (
     parse_completion,
     usage_obj,
 )
+from radixrouter.relay import error_from_body, reframe
 from radixrouter.upstream import TRANSPORT_ERRORS, Upstream
 from radixrouter.workers import RouteContext, Worker, WorkerError, WorkerPool, make_policy, pool_options
 
@@ -1111,7 +1112,7 @@ class App:
         ctx = RouteContext(text=key)
         loop = asyncio.get_running_loop()
         stream = creq.params.stream
-        stats = [None, None, 0]
+        stats = [None, None, 0, (0, 0, 0)]  # first, last, chunks, usage
 
         async def consume(w: Worker, resp):
             if not stream:
@@ -1134,21 +1135,18 @@ class App:
                 if not chunk:
                     raise UpstreamFailure(ApiError(502, f"worker {w.url} ended the stream early",
                                                    code="upstream_error"), not emitted)
-                out = []
-                done = False
-                for ev in dec.feed(chunk):
-                    data = ev.data
-                    if not data:
-                        continue
-                    if data == "[DONE]":
-                        done = True
-                        break
-                    out.append(encode_event(data))
+                out, done, err = reframe(dec.feed(chunk), stats)
                 if out:
                     if not ex.started:
                         await self._start_sse(ex, w)
                     emitted = True
                     mark_frame(stats)
+                if err is not None:
+                    if out:
+                        await ex.send(_body(b"".join(out), True))
+                    e = error_from_body(502, err.encode())
+                    e.message = f"worker error: {e.message}"
+                    raise UpstreamFailure(e, not emitted)
                 if done:
                     out.append(_DONE)
                     if not ex.started:
@@ -1169,7 +1167,7 @@ class App:
             except Exception:  # noqa: BLE001
                 log.exception("recording worker affinity failed")
         if stream:
-            self._observe("chat", ex, stats[0], stats[1], stats[2], (0, 0, 0))
+            self._observe("chat", ex, stats[0], stats[1], stats[2], stats[3])
             return 200
         usage = (0, 0, 0)
         try:

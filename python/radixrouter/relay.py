@@ -87,7 +87,7 @@ class RelayModel:
         self.passthrough = passthrough
 
 
-def _relay_error(status: int, data: bytes) -> ApiError:
+def error_from_body(status: int, data: bytes) -> ApiError:
     """An OpenAI error from an upstream's error body (OpenAI's nested shape, SGLang's / vLLM's flat one, or text)."""
     msg = typ = param = code = None
     try:
@@ -290,7 +290,7 @@ class Relay:
         watcher = app._watch(ex)
         try:
             result = await app._call(ex, ctx, path, b"", rid, consume, pool=model.pool, prepare=prepare,
-                                     error=_relay_error)
+                                     error=error_from_body)
         finally:
             watcher.cancel()
         w = result[0]
@@ -356,35 +356,13 @@ class Relay:
                 if not chunk:
                     raise UpstreamFailure(ApiError(502, f"upstream {w.url} ended the stream without [DONE]",
                                                    code="upstream_error"), not emitted)
-                out = []
-                done = False
-                for ev in dec.feed(chunk):
-                    data = ev.data
-                    if not data:
-                        continue
-                    if data == "[DONE]":
-                        done = True
-                        break
-                    if '"error"' in data[:16] or '"usage":{' in data:
-                        try:
-                            obj = _loads(data)
-                        except orjson.JSONDecodeError:
-                            obj = None
-                        if isinstance(obj, dict):
-                            if obj.get("error"):
-                                if out:
-                                    await self._send(ex, w, resp, out, True)
-                                err = _relay_error(502, data.encode())
-                                err.message = f"upstream error: {err.message}"
-                                raise UpstreamFailure(err, not (emitted or out))
-                            u = obj.get("usage")
-                            if isinstance(u, dict):
-                                stats[3] = _usage_tuple(u)
-                    if "\n" in data:
-                        # multi-line data: one JSON text split over lines; LF can only sit between JSON tokens,
-                        # so a space keeps it valid and a line-based client (one-api) gets it on one line
-                        data = data.replace("\n", " ")
-                    out.append(encode_event(data))
+                out, done, err = reframe(dec.feed(chunk), stats)
+                if err is not None:
+                    if out:
+                        await self._send(ex, w, resp, out, True)
+                    e = error_from_body(502, err.encode())
+                    e.message = f"upstream error: {e.message}"
+                    raise UpstreamFailure(e, not (emitted or out))
                 if out or done:
                     mark_frame(stats)
                 if done:
@@ -403,6 +381,37 @@ class Relay:
             await ex.send({"type": "http.response.start", "status": 200,
                            "headers": _SSE + self._response_headers(w, resp, None)})
         await ex.send({"type": "http.response.body", "body": b"".join(out), "more_body": more})
+
+
+def reframe(events: Any, stats: list) -> tuple[list[bytes], bool, str | None]:
+    """Strict re-encoding of a lenient upstream's decoded events: each non-empty data as one canonical
+    frame (a multi-line JSON data joined with spaces, so line-based clients get it whole), until
+    ``[DONE]``. Usage seen in an event goes to ``stats[3]``. Returns (frames, saw [DONE], the data of an
+    error event, which ends the stream, or None)."""
+    out = []
+    for ev in events:
+        data = ev.data
+        if not data:
+            continue
+        if data == "[DONE]":
+            return out, True, None
+        if '"error"' in data[:16] or '"usage":{' in data:
+            try:
+                obj = _loads(data)
+            except orjson.JSONDecodeError:
+                obj = None
+            if isinstance(obj, dict):
+                if obj.get("error"):
+                    return out, False, data
+                u = obj.get("usage")
+                if isinstance(u, dict):
+                    stats[3] = _usage_tuple(u)
+        if "\n" in data:
+            # multi-line data: one JSON text split over lines; LF can only sit between JSON tokens, so a
+            # space keeps it valid and a line-based client (one-api) gets it on one line
+            data = data.replace("\n", " ")
+        out.append(encode_event(data))
+    return out, False, None
 
 
 def _usage_tuple(u: dict) -> tuple[int, int, int]:
