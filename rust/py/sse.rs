@@ -63,6 +63,18 @@ fn py_text<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>>
     }
 }
 
+/// A bytes object holding a copy of `bytes`.
+fn py_bytes<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let len = ffi::Py_ssize_t::try_from(bytes.len())
+        .map_err(|_| PyValueError::new_err("SSE data too large"))?;
+    // SAFETY: the pointer and length describe `bytes`; the result is a new reference
+    // to a bytes object, or NULL with an exception set (MemoryError).
+    unsafe {
+        let ptr = ffi::PyBytes_FromStringAndSize(bytes.as_ptr().cast(), len);
+        Ok(Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked())
+    }
+}
+
 fn retry_obj(py: Python<'_>, retry: Option<u64>) -> PyResult<Py<PyAny>> {
     match retry {
         None => Ok(py.None()),
@@ -74,25 +86,25 @@ fn retry_obj(py: Python<'_>, retry: Option<u64>) -> PyResult<Py<PyAny>> {
 impl PySseEvent {
     #[new]
     #[pyo3(
-        signature = (data = None, event = None, id = None, retry = None),
+        signature = (data = String::new(), event = String::from("message"), id = String::new(), retry = None),
         text_signature = "(data='', event='message', id='', retry=None)"
     )]
     fn new(
         py: Python<'_>,
-        data: Option<Bound<'_, PyString>>,
-        event: Option<Bound<'_, PyString>>,
-        id: Option<Bound<'_, PyString>>,
+        data: String,
+        event: String,
+        id: String,
         retry: Option<u64>,
     ) -> PyResult<Self> {
-        let empty = || PyString::new(py, "");
-        let event = match event {
-            Some(e) if e.len()? > 0 => e,
-            _ => pyo3::intern!(py, "message").clone(),
+        let event = if event.is_empty() || event == "message" {
+            pyo3::intern!(py, "message").clone()
+        } else {
+            PyString::new(py, &event)
         };
         Ok(PySseEvent {
             event: event.unbind(),
-            data: data.unwrap_or_else(empty).unbind(),
-            id: id.unwrap_or_else(empty).unbind(),
+            data: PyString::new(py, &data).unbind(),
+            id: PyString::new(py, &id).unbind(),
             retry: retry_obj(py, retry)?,
         })
     }
@@ -295,7 +307,7 @@ impl PySseDecoder {
                 named.get_or_insert_with(|| name.to_owned());
                 return Ok(None);
             }
-            Ok(Some(PyBytes::new(py, &e.data_utf8()).into_any()))
+            Ok(Some(py_bytes(py, &e.data_utf8())?.into_any()))
         })?;
         match named {
             None => Ok(list),

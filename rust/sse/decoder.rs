@@ -332,19 +332,20 @@ impl Decoder {
                 limit: self.max_line,
             });
         }
-        let (field, value) = if let Some(value) = line.strip_prefix(b"data:") {
-            // The common case first.
+        // The common case first.
+        if let Some(value) = line.strip_prefix(b"data:") {
             return self.data_line(value.strip_prefix(b" ").unwrap_or(value), pending);
-        } else if line.is_empty() {
+        }
+        if line.is_empty() {
             self.dispatch(pending, sink);
             return Ok(());
-        } else if line[0] == b':' {
+        }
+        if line[0] == b':' {
             return Ok(());
-        } else {
-            match memchr::memchr(b':', line) {
-                Some(colon) => (&line[..colon], &line[colon + 1..]),
-                None => (line, &line[line.len()..]),
-            }
+        }
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(colon) => (&line[..colon], &line[colon + 1..]),
+            None => (line, &line[line.len()..]),
         };
         let value = value.strip_prefix(b" ").unwrap_or(value);
         match field {
