@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from simutil import SimWorker, free_port, http_json
-from test_router import RouterProcess
+from test_router import MODEL, RouterProcess
 
 SIM_MODEL = "sim-model"
 CLIENT_KEY = "sk-client-6f1d2c77e0"
@@ -566,3 +566,31 @@ def test_sglang_kind_relay_aborts_on_disconnect(tmp_path):
                 time.sleep(0.05)
             assert st["abort_requests"] >= 1 and st["abort_rids"][-1] not in ("", "*")
             assert st["running"] == 0 and st["completion_tokens"] < 200
+
+
+class NamedEventWorker(SloppyUpstream):
+    """An SGLang-shaped worker whose /generate stream carries a named event (SGLang never sends one)."""
+
+    async def _answer(self, method: str, path: str, body, writer) -> None:
+        if path == "/health":
+            return await self._json(writer, 200, {})
+        if path != "/generate":
+            return await self._json(writer, 404, {"error": {"message": f"no route {path}"}})
+        ev = json.dumps({"text": "hi", "output_ids": [1], "meta_info": {"id": body.get("rid"),
+                                                                        "finish_reason": None}})
+        data = b"event: progress\r\ndata: " + ev.encode() + b"\r\n\r\n"
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n%s"
+                     % (len(data), data))
+        await writer.drain()
+
+
+def test_a_named_event_from_a_native_worker_is_a_502():
+    """The native stream path reads data only (SseDecoder.feed_data); an event it cannot interpret is an
+    upstream error in OpenAI's shape, never a 500 or a hang."""
+    with NamedEventWorker() as w, RouterProcess([w.url.removesuffix("/v1")], max_retries=0) as router:
+        r = httpx.post(router.url + "/v1/chat/completions", timeout=30, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        assert r.status_code == 502, r.text
+        err = r.json()["error"]
+        assert err["code"] == "upstream_error" and "progress" in err["message"]
+        assert httpx.get(router.url + "/health").status_code == 200
