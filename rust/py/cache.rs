@@ -530,6 +530,8 @@ impl PyPrefixCache {
         loss_mask: Option<&Bound<'_, PyAny>>,
         worker: Option<&str>,
     ) -> PyResult<()> {
+        // len(str) is stored in the object: the core need not count the characters.
+        let nchars = text.len()?;
         let text = text.to_str()?;
         let ids = token_ids
             .map(|o| extract_u32s("token_ids", o))
@@ -549,9 +551,9 @@ impl PyPrefixCache {
         };
         let cache = &self.inner;
         if text.len() >= DETACH_BYTES {
-            py.detach(|| cache.insert(text, tokens, worker))?;
+            py.detach(|| cache.insert_sized(text, nchars, tokens, worker))?;
         } else {
-            cache.insert(text, tokens, worker)?;
+            cache.insert_sized(text, nchars, tokens, worker)?;
         }
         Ok(())
     }
@@ -559,12 +561,13 @@ impl PyPrefixCache {
     /// The longest cached prefix of `text`, cut at the last whole token.
     #[pyo3(name = "match")]
     fn match_(&self, py: Python<'_>, text: &Bound<'_, PyString>) -> PyResult<PyPrefixMatch> {
+        let nchars = text.len()?;
         let text = text.to_str()?;
         let cache = &self.inner;
         let m = if text.len() >= DETACH_BYTES {
-            py.detach(|| cache.lookup(text))
+            py.detach(|| cache.lookup_sized(text, nchars))
         } else {
-            cache.lookup(text)
+            cache.lookup_sized(text, nchars)
         };
         Ok(PyPrefixMatch { m })
     }
