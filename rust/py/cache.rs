@@ -260,8 +260,8 @@ fn buffer_ints(what: &str, obj: &Bound<'_, PyAny>, max: u32) -> Option<PyResult<
 fn list_u32s(what: &str, list: &Bound<'_, PyList>) -> PyResult<Vec<u32>> {
     let py = list.py();
     let n = list.len();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
+    let mut out = vec![0u32; n];
+    for (i, slot) in out.iter_mut().enumerate() {
         // SAFETY: `list` is a live list for the whole loop. PyList_GetItem returns a borrowed
         // reference (or NULL with an exception set when out of range). PyLong_AsUnsignedLong
         // runs no Python code (it reads int objects and raises TypeError for anything else),
@@ -274,16 +274,16 @@ fn list_u32s(what: &str, list: &Bound<'_, PyList>) -> PyResult<Vec<u32>> {
             }
             ffi::PyLong_AsUnsignedLong(item)
         };
-        match u32::try_from(v) {
-            Ok(v) => out.push(v),
+        *slot = match u32::try_from(v) {
+            Ok(v) => v,
             Err(_) => {
                 // Out of range, negative, or not an int: let the slow path decide and explain.
                 if v == c_ulong::MAX {
                     PyErr::take(py);
                 }
-                out.push(u32_item(what, i, &list.get_item(i)?)?);
+                u32_item(what, i, &list.get_item(i)?)?
             }
-        }
+        };
     }
     Ok(out)
 }
