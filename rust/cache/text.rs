@@ -9,10 +9,23 @@ pub fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     if a == b {
         return n;
     }
-    const BLOCK: usize = 64;
+    // Otherwise narrow down: 512-byte blocks (memcmp), then 8-byte words, then bytes.
+    const BLOCK: usize = 512;
     let mut i = 0;
     while i + BLOCK <= n && a[i..i + BLOCK] == b[i..i + BLOCK] {
         i += BLOCK;
+    }
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    while i + 8 <= n {
+        let x = word(a, i) ^ word(b, i);
+        if x != 0 {
+            return i + (x.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
     }
     while i < n && a[i] == b[i] {
         i += 1;
@@ -217,10 +230,14 @@ mod tests {
         assert_eq!(common_prefix(b"abc", b"ab"), 2);
         assert_eq!(common_prefix(b"", b"ab"), 0);
         let a = vec![7u8; 1000];
-        let mut b = a.clone();
-        b[777] = 1;
-        assert_eq!(common_prefix(&a, &b), 777);
+        for at in [0, 1, 7, 8, 9, 511, 512, 513, 777, 991, 992, 999] {
+            let mut b = a.clone();
+            b[at] = 1;
+            assert_eq!(common_prefix(&a, &b), at);
+            assert_eq!(common_prefix(&b[..at + 1], &a), at);
+        }
         assert_eq!(common_prefix(&a, &a), 1000);
+        assert_eq!(common_prefix(&a[..600], &a), 600);
     }
 
     #[test]
