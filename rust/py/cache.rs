@@ -190,7 +190,7 @@ impl Buffer {
         ok.then_some(item)
     }
 
-    /// Item `i` of an integer buffer as i128 (None for a float buffer).
+    /// The items of an integer buffer as i128 (None for a float buffer).
     fn int_items(&self, item: Item) -> Option<impl Iterator<Item = i128> + '_> {
         let (size, signed) = match item {
             Item::Unsigned(n) => (n, false),
