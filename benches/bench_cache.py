@@ -314,6 +314,28 @@ def test_match_radixrouter_no_ids(benchmark, workload) -> None:
     assert out == len(workload["convs"][0].text)
 
 
+# Where the time of a match goes (same workload): the call alone, and the compact forms of a
+# match already made (a copy of 16 KB of ids, of 26 KB of cached decimal text).
+
+
+@pytest.mark.benchmark(group="match-4000-parts")
+def test_part_match_call_empty_text(benchmark, workload) -> None:
+    cache = workload["cache"]
+    assert benchmark(lambda: cache.match("").length) == 0
+
+
+@pytest.mark.benchmark(group="match-4000-parts")
+def test_part_ids_bytes_of_a_match(benchmark, workload) -> None:
+    m = workload["cache"].match(workload["query"])
+    assert len(benchmark(m.ids_bytes)) == 16_000
+
+
+@pytest.mark.benchmark(group="match-4000-parts")
+def test_part_ids_json_of_a_match(benchmark, workload) -> None:
+    m = workload["cache"].match(workload["query"])
+    assert benchmark(m.ids_json).count(b",") == 3_999
+
+
 @pytest.mark.benchmark(group="match-4000")
 def test_match_sglang_style_loop(benchmark, workload) -> None:
     tree, q = workload["sg_loop"], workload["query_ids"]

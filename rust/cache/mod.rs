@@ -482,7 +482,20 @@ impl PrefixCache {
         tokens: Tokens<'_>,
         worker: Option<&str>,
     ) -> Result<(), Error> {
-        let nchars = count_chars(text.as_bytes());
+        self.insert_sized(text, count_chars(text.as_bytes()), tokens, worker)
+    }
+
+    /// `insert` for a caller that already knows `text`'s length in characters (Python's
+    /// `len(str)`), which saves counting them. A wrong `nchars` is a bug of the caller: it
+    /// would let token ends past the text in.
+    pub fn insert_sized(
+        &self,
+        text: &str,
+        nchars: usize,
+        tokens: Tokens<'_>,
+        worker: Option<&str>,
+    ) -> Result<(), Error> {
+        debug_assert_eq!(nchars, count_chars(text.as_bytes()));
         validate(nchars, &tokens)?;
         let mut tree = self.write();
         let tick = self.tick();
@@ -509,10 +522,26 @@ impl PrefixCache {
     pub fn lookup(&self, text: &str) -> Match {
         let tick = self.tick();
         let (m, matched_bytes) = self.read().lookup(text, tick);
+        let rest = &text.as_bytes()[char_to_byte_at(text, matched_bytes)..];
+        let nchars = m.matched_chars + count_chars(rest);
+        self.count_lookup(&m, nchars);
+        m
+    }
+
+    /// `lookup` for a caller that already knows `text`'s length in characters (Python's
+    /// `len(str)`; only the hit-rate counters use it).
+    pub fn lookup_sized(&self, text: &str, nchars: usize) -> Match {
+        debug_assert_eq!(nchars, count_chars(text.as_bytes()));
+        let tick = self.tick();
+        let (m, _) = self.read().lookup(text, tick);
+        self.count_lookup(&m, nchars.max(m.matched_chars));
+        m
+    }
+
+    fn count_lookup(&self, m: &Match, nchars: usize) {
         // The hit rate counts tokens. The unmatched rest has no tokens yet: estimate it at the
         // matched part's characters per token (4 characters per token if nothing matched).
-        let rest_bytes = &text.as_bytes()[char_to_byte_at(text, matched_bytes)..];
-        let unmatched = (count_chars(rest_bytes) + (m.matched_chars - m.length)) as u64;
+        let unmatched = nchars.saturating_sub(m.length) as u64;
         let matched = m.token_count() as u64;
         let est = if matched > 0 && m.length > 0 {
             (unmatched * matched).div_ceil(m.length as u64)
@@ -525,7 +554,6 @@ impl PrefixCache {
         self.matched_chars.fetch_add(m.length as u64, Relaxed);
         self.looked_up_chars
             .fetch_add(m.length as u64 + unmatched, Relaxed);
-        m
     }
 
     /// Pin the path `text` reaches; returns the pin (None if nothing matched) and the matched characters.

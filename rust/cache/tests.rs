@@ -551,3 +551,24 @@ fn concurrent_insert_lookup_evict() {
     c.check();
     assert!(c.stats().charged <= 2_000);
 }
+
+#[test]
+fn sized_variants_equal_the_counting_ones() {
+    let (a, b) = (PrefixCache::new(1_000), PrefixCache::new(1_000));
+    let mut v = Vocab::default();
+    for text in ["héllo wörld 😀 x", "héllo there", "other"] {
+        let (ids, ends) = v.words(text);
+        let n = text.chars().count();
+        a.insert(text, toks(&ids, &ends), Some("w")).unwrap();
+        b.insert_sized(text, n, toks(&ids, &ends), Some("w"))
+            .unwrap();
+    }
+    for q in ["héllo wörld 😀 xyz", "héllo th", "nothing", ""] {
+        let (ma, mb) = (a.lookup(q), b.lookup_sized(q, q.chars().count()));
+        assert_eq!(
+            (ma.ids(), ma.length, ma.matched_chars),
+            (mb.ids(), mb.length, mb.matched_chars)
+        );
+    }
+    assert_eq!(a.stats(), b.stats());
+}

@@ -9,10 +9,23 @@ pub fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     if a == b {
         return n;
     }
-    const BLOCK: usize = 64;
+    // Otherwise narrow down: 512-byte blocks (memcmp), then 8-byte words, then bytes.
+    const BLOCK: usize = 512;
     let mut i = 0;
     while i + BLOCK <= n && a[i..i + BLOCK] == b[i..i + BLOCK] {
         i += BLOCK;
+    }
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    while i + 8 <= n {
+        let x = word(a, i) ^ word(b, i);
+        if x != 0 {
+            return i + (x.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
     }
     while i < n && a[i] == b[i] {
         i += 1;
@@ -24,9 +37,10 @@ pub fn common_prefix(a: &[u8], b: &[u8]) -> usize {
 #[inline]
 pub fn count_chars(s: &[u8]) -> usize {
     // Every byte that is not a continuation byte (0b10xx_xxxx) starts a character.
-    // Byte-wide counters per 64-byte block let the compiler vectorize the loop.
+    // Byte-wide counters per 192-byte block (at most 192 per lane, so no overflow) let the
+    // compiler vectorize the loop; longer blocks mean fewer horizontal sums.
     let starts = |b: &u8| u8::from((*b as i8) >= -0x40);
-    let mut blocks = s.chunks_exact(64);
+    let mut blocks = s.chunks_exact(192);
     let mut n = 0;
     for block in &mut blocks {
         n += block.iter().map(starts).fold(0u8, u8::wrapping_add) as usize;
@@ -216,15 +230,31 @@ mod tests {
         assert_eq!(common_prefix(b"abc", b"ab"), 2);
         assert_eq!(common_prefix(b"", b"ab"), 0);
         let a = vec![7u8; 1000];
-        let mut b = a.clone();
-        b[777] = 1;
-        assert_eq!(common_prefix(&a, &b), 777);
+        for at in [0, 1, 7, 8, 9, 511, 512, 513, 777, 991, 992, 999] {
+            let mut b = a.clone();
+            b[at] = 1;
+            assert_eq!(common_prefix(&a, &b), at);
+            assert_eq!(common_prefix(&b[..at + 1], &a), at);
+        }
         assert_eq!(common_prefix(&a, &a), 1000);
+        assert_eq!(common_prefix(&a[..600], &a), 600);
     }
 
     #[test]
     fn chars() {
         assert_eq!(count_chars("aé€😀".as_bytes()), 4);
+        // Lengths around the 192-byte blocks.
+        let text: String = "aé€😀xyz".repeat(700);
+        for cut in [0, 1, 15, 191, 192, 193, 383, 384, 4096, 8161, text.len()] {
+            let cut = (0..=cut)
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
+            assert_eq!(
+                count_chars(&text.as_bytes()[..cut]),
+                text[..cut].chars().count()
+            );
+        }
         assert_eq!(char_to_byte("aé€😀x", 3), 6);
         assert_eq!(char_to_byte("aé€😀x", 5), "aé€😀x".len());
         assert_eq!(char_to_byte("abc", 9), 3);

@@ -190,7 +190,7 @@ impl Buffer {
         ok.then_some(item)
     }
 
-    /// Item `i` of an integer buffer as i128 (None for a float buffer).
+    /// The items of an integer buffer as i128 (None for a float buffer).
     fn int_items(&self, item: Item) -> Option<impl Iterator<Item = i128> + '_> {
         let (size, signed) = match item {
             Item::Unsigned(n) => (n, false),
@@ -260,8 +260,8 @@ fn buffer_ints(what: &str, obj: &Bound<'_, PyAny>, max: u32) -> Option<PyResult<
 fn list_u32s(what: &str, list: &Bound<'_, PyList>) -> PyResult<Vec<u32>> {
     let py = list.py();
     let n = list.len();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
+    let mut out = vec![0u32; n];
+    for (i, slot) in out.iter_mut().enumerate() {
         // SAFETY: `list` is a live list for the whole loop. PyList_GetItem returns a borrowed
         // reference (or NULL with an exception set when out of range). PyLong_AsUnsignedLong
         // runs no Python code (it reads int objects and raises TypeError for anything else),
@@ -274,16 +274,16 @@ fn list_u32s(what: &str, list: &Bound<'_, PyList>) -> PyResult<Vec<u32>> {
             }
             ffi::PyLong_AsUnsignedLong(item)
         };
-        match u32::try_from(v) {
-            Ok(v) => out.push(v),
+        *slot = match u32::try_from(v) {
+            Ok(v) => v,
             Err(_) => {
                 // Out of range, negative, or not an int: let the slow path decide and explain.
                 if v == c_ulong::MAX {
                     PyErr::take(py);
                 }
-                out.push(u32_item(what, i, &list.get_item(i)?)?);
+                u32_item(what, i, &list.get_item(i)?)?
             }
-        }
+        };
     }
     Ok(out)
 }
@@ -530,6 +530,8 @@ impl PyPrefixCache {
         loss_mask: Option<&Bound<'_, PyAny>>,
         worker: Option<&str>,
     ) -> PyResult<()> {
+        // len(str) is stored in the object: the core need not count the characters.
+        let nchars = text.len()?;
         let text = text.to_str()?;
         let ids = token_ids
             .map(|o| extract_u32s("token_ids", o))
@@ -549,9 +551,9 @@ impl PyPrefixCache {
         };
         let cache = &self.inner;
         if text.len() >= DETACH_BYTES {
-            py.detach(|| cache.insert(text, tokens, worker))?;
+            py.detach(|| cache.insert_sized(text, nchars, tokens, worker))?;
         } else {
-            cache.insert(text, tokens, worker)?;
+            cache.insert_sized(text, nchars, tokens, worker)?;
         }
         Ok(())
     }
@@ -559,12 +561,13 @@ impl PyPrefixCache {
     /// The longest cached prefix of `text`, cut at the last whole token.
     #[pyo3(name = "match")]
     fn match_(&self, py: Python<'_>, text: &Bound<'_, PyString>) -> PyResult<PyPrefixMatch> {
+        let nchars = text.len()?;
         let text = text.to_str()?;
         let cache = &self.inner;
         let m = if text.len() >= DETACH_BYTES {
-            py.detach(|| cache.lookup(text))
+            py.detach(|| cache.lookup_sized(text, nchars))
         } else {
-            cache.lookup(text)
+            cache.lookup_sized(text, nchars)
         };
         Ok(PyPrefixMatch { m })
     }
