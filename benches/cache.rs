@@ -105,9 +105,22 @@ fn populated() -> (PrefixCache, Vec<Seq>) {
     (cache, convs)
 }
 
+/// The match workload's two queries: conversation 0 plus a new user turn (4,000 tokens match), and
+/// conversation 0's text cut a few characters inside its last edge (whole tokens only).
+fn queries(convs: &[Seq]) -> (String, String) {
+    let query = format!("{}<|im_start|>user\nand now?", convs[0].text);
+    let cut = convs[0]
+        .text_to(4_000)
+        .char_indices()
+        .rev()
+        .nth(3)
+        .map_or(0, |(i, _)| i);
+    (query, format!("{}#", &convs[0].text[..cut]))
+}
+
 fn bench_match(c: &mut Criterion) {
     let (cache, convs) = populated();
-    let query = format!("{}<|im_start|>user\nand now?", convs[0].text);
+    let (query, partial) = queries(&convs);
     let m = cache.lookup(&query);
     assert_eq!(m.token_count(), 4_000);
     c.bench_function("match-4000-hot", |b| {
@@ -120,13 +133,6 @@ fn bench_match(c: &mut Criterion) {
         b.iter(|| black_box(black_box(query.as_bytes()) == black_box(copy.as_bytes())))
     });
 
-    let cut = convs[0]
-        .text_to(4_000)
-        .char_indices()
-        .rev()
-        .nth(3)
-        .map_or(0, |(i, _)| i);
-    let partial = format!("{}#", &convs[0].text[..cut]);
     let m = cache.lookup(&partial);
     assert!(m.token_count() >= 3_998 && m.token_count() < 4_000);
     c.bench_function("match-4000-diverge-in-edge", |b| {
@@ -190,15 +196,8 @@ fn min_report() {
         t.elapsed().as_nanos() as f64 / f64::from(n)
     }
     let (cache, convs) = populated();
-    let query = format!("{}<|im_start|>user\nand now?", convs[0].text);
+    let (query, partial) = queries(&convs);
     let copy = query.clone();
-    let cut = convs[0]
-        .text_to(4_000)
-        .char_indices()
-        .rev()
-        .nth(3)
-        .map_or(0, |(i, _)| i);
-    let partial = format!("{}#", &convs[0].text[..cut]);
     let rows = [
         (
             "match-4000-hot",
