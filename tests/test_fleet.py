@@ -234,6 +234,9 @@ def test_circuit_breaker_opens_then_half_open_trial(clean):
         # two failures in a row opened a's breaker: it was tried twice, then left alone
         assert a.stats()["faults_applied"] == 2
         assert list_workers(router)[a.url]["breaker"] == "open"
+        m = httpx.get(router.url + "/metrics").text
+        assert f'radixrouter_worker_breaker_open{{worker="{a.url}"}} 1.0' in m
+        assert f'radixrouter_worker_breaker_open{{worker="{b.url}"}} 0.0' in m
         time.sleep(3.2)  # cooldown over: the next request to a is the half-open trial; it fails, re-open
         for i in range(4):
             assert post(router, chat(f"cb2 {i}")).status_code == 200
@@ -244,6 +247,8 @@ def test_circuit_breaker_opens_then_half_open_trial(clean):
         assert a.url in served  # the trial succeeded and closed the breaker
         assert list_workers(router)[a.url]["breaker"] == "closed"
         assert list_workers(router)[a.url]["healthy"]
+        m = httpx.get(router.url + "/metrics").text
+        assert f'radixrouter_worker_breaker_open{{worker="{a.url}"}} 0.0' in m
 
 
 # ------------------------------------------------------------------------------------------ disconnects

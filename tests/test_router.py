@@ -451,6 +451,11 @@ def test_metrics_exposition(router):
                  "radixrouter_retries", "radixrouter_aborts_total"):
         assert name in text, name
     assert re.search(r'radixrouter_requests_total\{route="chat",status="200"\} [1-9]', text)
+    # the prefix cache holds the two conversations: tokens, nodes and bytes above zero; no request runs, no pin
+    for gauge in ("radixrouter_cache_tokens", "radixrouter_cache_nodes", "radixrouter_cache_bytes"):
+        assert float(re.search(rf"^{gauge} (\S+)$", text, re.M).group(1)) > 0, gauge
+    assert re.search(r"^radixrouter_cache_pins 0\.0$", text, re.M)
+    assert re.search(r'^radixrouter_worker_breaker_open\{worker="[^"]+"\} 0\.0$', text, re.M)
 
 
 def test_generate_passthrough_streams_sglang_format(router):

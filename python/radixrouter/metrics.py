@@ -95,6 +95,9 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+_BREAKER_VALUE = {"closed": 0.0, "open": 1.0, "half_open": 0.5}
+
+
 class _Collector(Collector):
     def __init__(self, m: Metrics):
         self.m = m
@@ -128,11 +131,17 @@ class _Collector(Collector):
         yield CounterMetricFamily("radixrouter_aborts", "Abort requests sent to workers (client gone)", value=m.aborts)
         inflight = GaugeMetricFamily("radixrouter_worker_in_flight", "Requests in flight per worker", labels=["worker"])
         healthy = GaugeMetricFamily("radixrouter_worker_healthy", "1 if the worker is healthy", labels=["worker"])
+        breaker = GaugeMetricFamily(
+            "radixrouter_worker_breaker_open",
+            "Circuit breaker per worker: 0 closed, 1 open (cooling down), 0.5 half-open (next request is a trial)",
+            labels=["worker"])
         for w in m._workers():
             inflight.add_metric([w.url], w.in_flight)
             healthy.add_metric([w.url], 1.0 if w.healthy else 0.0)
+            breaker.add_metric([w.url], _BREAKER_VALUE.get(w.breaker_state(), 0.0))
         yield inflight
         yield healthy
+        yield breaker
         stats = m._cache_stats()
         if stats:
             for key, name, doc, kind in (
@@ -143,6 +152,9 @@ class _Collector(Collector):
                 ("evictions", "radixrouter_cache_evictions", "Prefix cache evictions", CounterMetricFamily),
                 ("tokens", "radixrouter_cache_tokens", "Tokens held by the prefix cache", GaugeMetricFamily),
                 ("nodes", "radixrouter_cache_nodes", "Nodes of the prefix cache", GaugeMetricFamily),
+                ("bytes", "radixrouter_cache_bytes", "Bytes held by the prefix cache (estimate)", GaugeMetricFamily),
+                ("pins", "radixrouter_cache_pins", "Cached paths pinned by running requests (never evicted)",
+                 GaugeMetricFamily),
             ):
                 if key in stats:
                     yield kind(name, doc, value=stats[key])
