@@ -459,14 +459,19 @@ def _self_signed(tmp_path) -> tuple[str, str]:
                             for d in os.environ.get("PATH", "").split(os.pathsep)), reason="no openssl CLI")
 def test_tls_upstream_certificate_is_verified(tmp_path):
     """A self-signed upstream is refused (no request gets through); trusting its certificate via SSL_CERT_FILE
-    (OpenSSL's standard variable, read by the router's default SSL context) makes it work."""
+    (OpenSSL's standard variable, read by the router's default SSL context) or `--upstream-ca-file` makes it
+    work, with both upstream clients."""
     cert, key = _self_signed(tmp_path)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     with SloppyUpstream("tls", tls=ctx) as up:
-        for env, ok in (({}, False), ({"SSL_CERT_FILE": cert}, True)):
+        cases = (({}, {}, False), ({"SSL_CERT_FILE": cert}, {}, True), ({}, {"upstream_ca_file": cert}, True),
+                 ({}, {"upstream_ca_file": cert, "upstream_client": "aiohttp"}, True),
+                 ({}, {"upstream_client": "aiohttp"}, False))
+        for env, flags, ok in cases:
+            up.requests.clear()
             with RouterProcess([], qwen3=False, openai_url=f"m={up.url}", wait_ready=False, env=env,
-                               health_check_interval=3600, max_retries=0) as r:
+                               health_check_interval=3600, max_retries=0, **flags) as r:
                 c = openai.OpenAI(base_url=r.url + "/v1", api_key="x", max_retries=0)
                 if ok:
                     assert c.chat.completions.create(model="m", messages=MSG).choices[0].message.content
@@ -476,6 +481,17 @@ def test_tls_upstream_certificate_is_verified(tmp_path):
                     # the health probe already failed the handshake (503 no worker), or the request did (502)
                     assert e.value.status_code in (502, 503)
                     assert up.requests == []  # no HTTP request got through the refused handshake
+
+
+def test_unreadable_upstream_ca_file_is_one_clear_line(tmp_path):
+    bad = tmp_path / "not-a-cert.pem"
+    bad.write_text("hello")
+    for path in (str(bad), str(tmp_path / "missing.pem")):
+        p = subprocess.run([sys.executable, "-m", "radixrouter.cli", "serve", "--upstream-ca-file", path,
+                            "--port", "1"], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2
+        err = p.stderr.strip().splitlines()
+        assert len(err) == 1 and "--upstream-ca-file" in err[0] and "cannot load CA certificates" in err[0], err
 
 
 # ------------------------------------------------------------------------------------------ in process

@@ -544,7 +544,7 @@ class App:
         self._started = True
         cfg = self.config
         self.upstream = Upstream(connect_timeout=cfg.connect_timeout, request_timeout=cfg.request_timeout,
-                                 client=cfg.upstream_client)
+                                 client=cfg.upstream_client, ca_file=cfg.upstream_ca_file)
         await self._probe_all()
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
         if self.handle_sigterm:

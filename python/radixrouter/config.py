@@ -44,6 +44,7 @@ class Config:
 
     # upstream client, timeouts (seconds) and retries
     upstream_client: str = "fast"  # "fast" (radixrouter.httpclient) or "aiohttp"
+    upstream_ca_file: str | None = None  # extra CA certificates (PEM) trusted for HTTPS upstreams
     connect_timeout: float = 5.0
     first_token_timeout: float = 600.0  # from sending the request to the worker's first event
     request_timeout: float = 3600.0  # whole request

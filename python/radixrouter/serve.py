@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import socket
+import ssl
 import sys
 from dataclasses import fields
 
@@ -70,6 +71,8 @@ _FLAGS: list[tuple[str, object, str, dict]] = [
     ("--max-body-bytes", _positive(int), "largest request body (413 beyond)", {}),
     ("--max-concurrent-requests", _positive(int), "generation requests in flight before 429 (0 = no limit)", {}),
     ("--upstream-client", str, "HTTP client for workers", {"choices": ["fast", "aiohttp"]}),
+    ("--upstream-ca-file", str, "PEM file of CA certificates to trust for HTTPS upstreams, besides the system's "
+     "(verification is never turned off)", {}),
     ("--connect-timeout", _positive(float), "seconds to connect to a worker", {}),
     ("--first-token-timeout", _positive(float), "seconds from request to the worker's first token", {}),
     ("--request-timeout", _positive(float), "seconds for a whole request", {}),
@@ -170,6 +173,11 @@ def parse_config(argv: list[str]) -> Config:
         raise _UsageError(f"--model-path {cfg.model_path}: no such directory")
     if cfg.model_path and not os.path.isfile(os.path.join(cfg.model_path, "tokenizer.json")):
         raise _UsageError(f"--model-path {cfg.model_path}: no tokenizer.json in it")
+    if cfg.upstream_ca_file:
+        try:
+            ssl.create_default_context(cafile=cfg.upstream_ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise _UsageError(f"--upstream-ca-file {cfg.upstream_ca_file}: cannot load CA certificates: {e}") from None
     for flag, path in (("--tokenizer", cfg.tokenizer), ("--chat-template", cfg.chat_template)):
         if path and not os.path.isfile(path):
             raise _UsageError(f"{flag} {path}: no such file")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 import aiohttp
 import orjson
@@ -30,12 +31,17 @@ CLIENTS = ("fast", "aiohttp")
 
 
 class Upstream:
-    def __init__(self, *, connect_timeout: float, request_timeout: float, client: str = "fast"):
+    def __init__(self, *, connect_timeout: float, request_timeout: float, client: str = "fast",
+                 ca_file: str | None = None):
         if client not in CLIENTS:
             raise ValueError(f"unknown upstream client {client!r}")
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.kind = client
+        # TLS to upstreams is always verified: against the system store (or SSL_CERT_FILE), plus `ca_file`
+        self._ssl = ssl.create_default_context()
+        if ca_file:
+            self._ssl.load_verify_locations(cafile=ca_file)
         self._session: aiohttp.ClientSession | None = None
         self._http: HttpClient | None = None
         self._background: set[asyncio.Task] = set()
@@ -44,7 +50,8 @@ class Upstream:
     def http(self) -> HttpClient:
         h = self._http
         if h is None:
-            h = self._http = HttpClient(connect_timeout=self.connect_timeout, request_timeout=self.request_timeout)
+            h = self._http = HttpClient(connect_timeout=self.connect_timeout, request_timeout=self.request_timeout,
+                                        ssl_context=self._ssl)
         return h
 
     @property
@@ -56,6 +63,7 @@ class Upstream:
                 limit_per_host=0,
                 keepalive_timeout=60,
                 ttl_dns_cache=300,
+                ssl=self._ssl,
             )
             s = self._session = aiohttp.ClientSession(
                 connector=connector,
