@@ -33,11 +33,11 @@ def router(request, sims):
 
 
 def test_chat_and_stream_through_the_openai_client(router):
-    client = openai.OpenAI(base_url=router.url + "/v1", api_key=KEY, max_retries=0)
-    r = client.chat.completions.create(model=MODEL, messages=CHAT["messages"], max_tokens=8)
-    assert r.choices[0].message.content and r.usage.completion_tokens == 8
-    parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
-        model=MODEL, messages=CHAT["messages"], max_tokens=8, stream=True) if c.choices]
+    with openai.OpenAI(base_url=router.url + "/v1", api_key=KEY, max_retries=0) as client:
+        r = client.chat.completions.create(model=MODEL, messages=CHAT["messages"], max_tokens=8)
+        assert r.choices[0].message.content and r.usage.completion_tokens == 8
+        parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model=MODEL, messages=CHAT["messages"], max_tokens=8, stream=True) if c.choices]
     assert "".join(parts) == r.choices[0].message.content  # the simulated worker is deterministic
 
 

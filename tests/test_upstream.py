@@ -471,8 +471,8 @@ def test_tls_upstream_certificate_is_verified(tmp_path):
         for env, flags, ok in cases:
             up.requests.clear()
             with RouterProcess([], qwen3=False, openai_url=f"m={up.url}", wait_ready=False, env=env,
-                               health_check_interval=3600, max_retries=0, **flags) as r:
-                c = openai.OpenAI(base_url=r.url + "/v1", api_key="x", max_retries=0)
+                               health_check_interval=3600, max_retries=0, **flags) as r, \
+                    openai.OpenAI(base_url=r.url + "/v1", api_key="x", max_retries=0) as c:
                 if ok:
                     assert c.chat.completions.create(model="m", messages=MSG).choices[0].message.content
                 else:
