@@ -48,7 +48,7 @@ from radixrouter.openai_api import (
     parse_completion,
     usage_obj,
 )
-from radixrouter.relay import error_from_body, reframe
+from radixrouter.relay import reframe
 from radixrouter.upstream import TRANSPORT_ERRORS, Upstream
 from radixrouter.workers import RouteContext, Worker, WorkerError, WorkerPool, make_policy, pool_options
 
@@ -101,7 +101,7 @@ class ClientGone(Exception):
     """The client disconnected while its request body was being read."""
 
 
-def tune_gc() -> None:
+def _tune_gc() -> None:
     """Garbage-collector settings for a process that only serves the router. A request allocates a few
     thousand container objects, so CPython's default (a young collection every 700 net allocations, 700 /
     10 / 10) ran several collections per request; at 50,000 the router's CPU per non-streaming request fell
@@ -243,6 +243,12 @@ class RsgiExchange:
             except _RsgiClosed:
                 self.disconnected = True
 
+    def release(self) -> None:
+        """The handler is done. granian ends a streamed response when its transport is released; a
+        traceback cycle that still holds this exchange must not keep the client waiting for the garbage
+        collector."""
+        self._stream = None
+
 
 try:
     from granian.rsgi import ProtocolClosed as _RsgiClosed
@@ -291,6 +297,12 @@ class DisconnectWatch:
         fut = self.fut
         if fut is not None and not fut.done():
             fut.cancel()
+
+
+def _route_ctx(text: str, prompt: Any) -> RouteContext:
+    """The routing context of a prompt; its cache lookup (if it was tokenized through the cache) goes along
+    so that cache_aware does not look the text up again."""
+    return RouteContext(text=text, match=prompt.match if prompt is not None else None)
 
 
 def _worker_error(status: int, data: bytes, url: str) -> ApiError:
@@ -495,7 +507,7 @@ class App:
         self._stopping: set[Exchange] = set()  # requests cancelled by the shutdown deadline
         self._draining = False
         self.handle_sigterm = False  # `radixrouter serve` sets it: SIGTERM drains (see _on_sigterm)
-        # `radixrouter serve` sets it: the process serves nothing else, so after startup tune_gc() moves what
+        # `radixrouter serve` sets it: the process serves nothing else, so after startup _tune_gc() moves what
         # startup allocated out of the collector's reach and collects the young generation less often
         self.tune_gc = False
         # relayed models (OpenAI-compatible upstreams, other SGLang models): radixrouter.relay
@@ -552,6 +564,8 @@ class App:
                 asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm)
             except (NotImplementedError, RuntimeError, ValueError) as e:
                 log.warning("cannot handle SIGTERM for a graceful shutdown: %s", e)
+        if self.tune_gc:
+            _tune_gc()
 
     def _on_sigterm(self) -> None:
         """Graceful shutdown: new generation requests get 503 and /readiness 503; granian (told with SIGINT,
@@ -617,8 +631,6 @@ class App:
                 state = scope.get("state")
                 if isinstance(state, dict):
                     state["router"] = self
-                if self.tune_gc:
-                    tune_gc()
                 await send({"type": "lifespan.startup.complete"})
             elif t == "lifespan.shutdown":
                 await self.shutdown()
@@ -670,8 +682,6 @@ class App:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         """granian calls this in the worker process before serving (the loop is not running yet)."""
         loop.run_until_complete(self.startup())
-        if self.tune_gc:
-            tune_gc()
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self.shutdown())
@@ -683,9 +693,7 @@ class App:
         try:
             await self._serve(ex)
         finally:
-            # granian ends a streamed response when its transport is released; a traceback cycle that
-            # still holds this exchange must not keep the client waiting for the garbage collector
-            ex._stream = None
+            ex.release()
 
     async def _serve(self, ex: Exchange | RsgiExchange) -> None:
         path = ex.path
@@ -1098,7 +1106,7 @@ class App:
             raise bad(f"the chat template failed on these messages: {e}", "messages") from None
         prompt, ids = self._prepare_json(text)
         p = creq.params
-        ctx = RouteContext(text=text, match=prompt.match if prompt is not None else None)
+        ctx = _route_ctx(text, prompt)
         cid = "chatcmpl-" + new_id()
         created = int(time.time())
         watcher = self._watch(ex)
@@ -1145,7 +1153,7 @@ class App:
                 if not chunk:
                     raise UpstreamFailure(ApiError(502, f"worker {w.url} ended the stream early",
                                                    code="upstream_error"), not emitted)
-                out, done, err = reframe(dec.feed(chunk), stats)
+                out, done, err = reframe(dec.feed(chunk), stats, "worker")
                 if out:
                     if not ex.started:
                         await self._start_sse(ex, w)
@@ -1154,9 +1162,7 @@ class App:
                 if err is not None:
                     if out:
                         await ex.send(_body(b"".join(out), True))
-                    e = error_from_body(502, err.encode())
-                    e.message = f"worker error: {e.message}"
-                    raise UpstreamFailure(e, not emitted)
+                    raise UpstreamFailure(err, not emitted)
                 if done:
                     out.append(_DONE)
                     if not ex.started:
@@ -1537,7 +1543,7 @@ class App:
         for pr in creq.prompts:
             if isinstance(pr, str):
                 prompt, ids = self._prepare(pr)
-                prompts.append((prompt, pr, ids, RouteContext(text=pr, match=prompt.match if prompt is not None else None)))
+                prompts.append((prompt, pr, ids, _route_ctx(pr, prompt)))
                 echo_texts.append(pr)
             else:
                 ptext = ""
@@ -1651,7 +1657,7 @@ class App:
             del req["text"]
             req["input_ids"] = prompt.ids
         body = _dumps(req)
-        ctx = RouteContext(text=text or "", match=prompt.match if prompt is not None else None)
+        ctx = _route_ctx(text or "", prompt)
         want_lp = bool(req.get("return_logprob"))
         watcher = self._watch(ex)
         pin = self._pin(text)

@@ -87,7 +87,7 @@ class RelayModel:
         self.passthrough = passthrough
 
 
-def error_from_body(status: int, data: bytes) -> ApiError:
+def _error_from_body(status: int, data: bytes) -> ApiError:
     """An OpenAI error from an upstream's error body (OpenAI's nested shape, SGLang's / vLLM's flat one, or text)."""
     msg = typ = param = code = None
     try:
@@ -290,7 +290,7 @@ class Relay:
         watcher = app._watch(ex)
         try:
             result = await app._call(ex, ctx, path, b"", rid, consume, pool=model.pool, prepare=prepare,
-                                     error=error_from_body)
+                                     error=_error_from_body)
         finally:
             watcher.cancel()
         w = result[0]
@@ -356,13 +356,11 @@ class Relay:
                 if not chunk:
                     raise UpstreamFailure(ApiError(502, f"upstream {w.url} ended the stream without [DONE]",
                                                    code="upstream_error"), not emitted)
-                out, done, err = reframe(dec.feed(chunk), stats)
+                out, done, err = reframe(dec.feed(chunk), stats, "upstream")
                 if err is not None:
                     if out:
                         await self._send(ex, w, resp, out, True)
-                    e = error_from_body(502, err.encode())
-                    e.message = f"upstream error: {e.message}"
-                    raise UpstreamFailure(e, not (emitted or out))
+                    raise UpstreamFailure(err, not (emitted or out))
                 if out or done:
                     mark_frame(stats)
                 if done:
@@ -383,11 +381,11 @@ class Relay:
         await ex.send({"type": "http.response.body", "body": b"".join(out), "more_body": more})
 
 
-def reframe(events: Any, stats: list) -> tuple[list[bytes], bool, str | None]:
+def reframe(events: Any, stats: list, source: str) -> tuple[list[bytes], bool, ApiError | None]:
     """Strict re-encoding of a lenient upstream's decoded events: each non-empty data as one canonical
     frame (a multi-line JSON data joined with spaces, so line-based clients get it whole), until
-    ``[DONE]``. Usage seen in an event goes to ``stats[3]``. Returns (frames, saw [DONE], the data of an
-    error event, which ends the stream, or None)."""
+    ``[DONE]``. Usage seen in an event goes to ``stats[3]``. Returns (frames, saw [DONE], the 502 error of
+    an error event, which ends the stream (message "<source> error: ..."), or None)."""
     out = []
     for ev in events:
         data = ev.data
@@ -402,7 +400,9 @@ def reframe(events: Any, stats: list) -> tuple[list[bytes], bool, str | None]:
                 obj = None
             if isinstance(obj, dict):
                 if obj.get("error"):
-                    return out, False, data
+                    err = _error_from_body(502, data.encode())
+                    err.message = f"{source} error: {err.message}"
+                    return out, False, err
                 u = obj.get("usage")
                 if isinstance(u, dict):
                     stats[3] = _usage_tuple(u)

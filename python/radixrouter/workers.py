@@ -146,7 +146,8 @@ class CacheAware:
         lo, hi = min(loads), max(loads)
         if hi - lo > self.balance_abs and hi > lo * self.balance_rel:
             return _least_loaded(candidates)
-        held = (ctx.match or self.cache.match(ctx.text)).workers
+        m = ctx.match if ctx.match is not None else self.cache.match(ctx.text)
+        held = m.workers
         if not held:
             return _least_loaded(candidates)
         best_chars = max(held.get(w.url, 0) for w in candidates)
