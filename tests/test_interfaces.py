@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -122,3 +123,47 @@ def test_client_disconnect_aborts_the_worker_request(interface, stream):
             time.sleep(0.01)
         assert len(w.stats()["abort_rids"]) == 1
         assert httpx.get(router.url + "/health").status_code == 200
+
+
+def _rss_of_tree(pid: int) -> int:
+    pids = [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return sum(int(Path(f"/proc/{p}/statm").read_text().split()[1]) * 4096 for p in pids)
+
+
+def _keep_alive_requests(url: str, n: int, conns: int = 4) -> None:
+    """n identical chat requests over `conns` keep-alive connections (raw HTTP/1.1: fast and no client
+    library state of its own)."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps(dict(CHAT, max_tokens=2)).encode()
+    req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    socks = [socket.create_connection((host, int(port)), timeout=30) for _ in range(conns)]
+    try:
+        for _ in range(n // conns):
+            for s in socks:
+                s.sendall(req)
+            for s in socks:
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    buf += s.recv(65536)
+                head, _, rest = buf.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200"), head[:100]
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(rest) < length:
+                    rest += s.recv(65536)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_finished_requests_are_not_kept_in_memory(router):
+    """Each request's disconnect watch used to stay referenced after the response (granian never resolves
+    the disconnect future of a request that completed; over ASGI a cycle through the request's Task could
+    not be collected): the router's memory grew by 2-6 KB per request, for good. The same identical
+    request 3,000 times (so the prefix cache does not grow) must leave the memory flat (measured after the fix:
+    -30 to +33 bytes per request; before it, 822 over RSGI and 4,471 over ASGI in this test)."""
+    _keep_alive_requests(router.url, 1000)  # warm up: pools, caches, allocator arenas
+    before = _rss_of_tree(router.proc.pid)
+    _keep_alive_requests(router.url, 3000)
+    grown = _rss_of_tree(router.proc.pid) - before
+    assert grown < 3000 * 250, f"{grown / 3000:.0f} bytes more memory per request"

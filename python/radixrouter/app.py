@@ -165,7 +165,7 @@ class RsgiExchange:
     ASGI does)."""
 
     __slots__ = ("scope", "proto", "started", "disconnected", "t0", "worker_header", "session", "path", "method",
-                 "_limit", "_body_done", "_chunks", "_start", "_stream")
+                 "_limit", "_body_done", "_chunks", "_start", "_stream", "_gone")
 
     def __init__(self, scope, proto, body_limit: int):
         self.scope = scope
@@ -182,6 +182,7 @@ class RsgiExchange:
         self._chunks: Any = None
         self._start: dict | None = None
         self._stream: Any = None
+        self._gone: Any = None
 
     @property
     def query_string(self) -> bytes:
@@ -199,12 +200,24 @@ class RsgiExchange:
             return self._read()
         fut = asyncio.get_running_loop().create_future()
 
-        def gone(_: Any) -> None:
+        def gone(g: Any) -> None:
             if not fut.done():
-                fut.set_result(_DISCONNECT)
+                if g.cancelled():
+                    fut.cancel()
+                else:
+                    fut.set_result(_DISCONNECT)
 
-        self.proto.client_disconnect().add_done_callback(gone)
+        self.disconnect_future().add_done_callback(gone)
         return fut
+
+    def disconnect_future(self) -> Any:
+        """granian's future that resolves when the client goes away (one per exchange; cancelled by
+        ``release()``: granian never resolves it for a request that completed normally, and what its
+        callbacks hold would otherwise stay in memory)."""
+        f = self._gone
+        if f is None:
+            f = self._gone = self.proto.client_disconnect()
+        return f
 
     async def _read(self) -> dict:
         it = self._chunks
@@ -246,8 +259,13 @@ class RsgiExchange:
     def release(self) -> None:
         """The handler is done. granian ends a streamed response when its transport is released; a
         traceback cycle that still holds this exchange must not keep the client waiting for the garbage
-        collector."""
+        collector. The disconnect future is cancelled (see ``disconnect_future``)."""
         self._stream = None
+        f = self._gone
+        if f is not None:
+            self._gone = None
+            if not f.done():
+                f.cancel()
 
 
 try:
@@ -258,18 +276,21 @@ except ImportError:  # granian is a dependency; this keeps the module importable
 
 
 class DisconnectWatch:
-    """Cancels ``task`` when the client disconnects. granian's ``receive()`` returns a future, so the watch
-    is a done-callback on it: no Task (and no extra event-loop step to cancel one) per request. A
-    coroutine ``receive`` (other ASGI servers, tests) is wrapped in a Task."""
+    """Cancels ``task`` when the client disconnects. Over RSGI it is a done-callback on granian's disconnect
+    future (no Task, no extra future or event-loop step per request); an ASGI ``receive()`` is awaited
+    through a future (a coroutine ``receive``, e.g. from other ASGI servers or tests, in a Task)."""
 
     __slots__ = ("ex", "task", "fut", "done")
 
-    def __init__(self, ex: Exchange, task: asyncio.Task | None) -> None:
+    def __init__(self, ex: Exchange | RsgiExchange, task: asyncio.Task | None) -> None:
         self.ex = ex
         self.task = task
         self.fut: Any = None
         self.done = False
-        self._arm()
+        if type(ex) is RsgiExchange:
+            ex.disconnect_future().add_done_callback(self._on_gone)  # cancelled by ex.release()
+        else:
+            self._arm()
 
     def _arm(self) -> None:
         aw = self.ex.receive()
@@ -277,6 +298,13 @@ class DisconnectWatch:
             aw = asyncio.ensure_future(aw)
         self.fut = aw
         aw.add_done_callback(self._on_message)
+
+    def _on_gone(self, fut: Any) -> None:
+        if self.done or fut.cancelled():
+            return
+        self.ex.disconnected = True
+        if self.task is not None:
+            self.task.cancel()
 
     def _on_message(self, fut: Any) -> None:
         if self.done or fut.cancelled():
@@ -286,15 +314,14 @@ class DisconnectWatch:
         except Exception:  # noqa: BLE001 - the server gave up on the connection: nothing to watch
             return
         if msg.get("type") == "http.disconnect":
-            self.ex.disconnected = True
-            if self.task is not None:
-                self.task.cancel()
+            self._on_gone(fut)
         else:
             self._arm()  # (a stray body message: keep watching)
 
     def cancel(self) -> None:
         self.done = True
         fut = self.fut
+        self.fut = self.task = None  # a server may keep a pending receive() (and so this watch) alive
         if fut is not None and not fut.done():
             fut.cancel()
 
