@@ -21,6 +21,7 @@ enforced by constrained decoding (``sampling_params.json_schema``) and the const
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,60 +168,55 @@ class GenParams:
     top_logprobs: int = 0
 
 
-def sampling_params(req: dict, *, max_tokens_keys: tuple[str, ...]) -> tuple[dict, int | None]:
-    """The SGLang ``sampling_params`` for an OpenAI request (only keys SGLang accepts), and the seed."""
-    sp: dict[str, Any] = {}
-    for key in max_tokens_keys:
-        v = _int(req, key, 0)
+def _numeric(parse: Callable, out: str, lo: float | None, hi: float | None = None, lo_open: bool = False):
+    def check(req: dict, key: str, sp: dict) -> None:
+        v = parse(req, key, lo, hi, lo_open=lo_open) if lo_open else parse(req, key, lo, hi)
         if v is not None:
-            sp["max_new_tokens"] = v
-            break
-    v = _num(req, "temperature", 0, 2)
-    if v is not None:
-        sp["temperature"] = v
-    v = _num(req, "top_p", 0, 1, lo_open=True)
-    if v is not None:
-        sp["top_p"] = v
-    v = _int(req, "top_k", -1)
+            sp[out] = v
+    return check
+
+
+def _top_k(req: dict, key: str, sp: dict) -> None:
+    v = _int(req, key, -1)
     if v is not None:
         if v == 0:
             raise bad("'top_k' must be -1 (disabled) or >= 1", "top_k")
         sp["top_k"] = v
-    v = _num(req, "min_p", 0, 1)
-    if v is not None:
-        sp["min_p"] = v
-    for key in ("frequency_penalty", "presence_penalty"):
-        v = _num(req, key, -2, 2)
-        if v is not None:
-            sp[key] = v
-    v = _num(req, "repetition_penalty", 0, 2, lo_open=True)
-    if v is not None:
-        sp["repetition_penalty"] = v
-    v = _int(req, "min_tokens", 0)
-    if v is not None:
-        sp["min_new_tokens"] = v
-    stop = req.get("stop")
+
+
+def _stop(req: dict, key: str, sp: dict) -> None:
+    stop = req[key]
     if stop is not None:
         stops = _str_list(stop, "stop")
         if any(not s for s in stops):
             raise bad("'stop' strings must not be empty", "stop")
         if stops:
             sp["stop"] = stops
-    v = req.get("stop_token_ids")
+
+
+def _stop_token_ids(req: dict, key: str, sp: dict) -> None:
+    v = req[key]
     if v is not None:
         if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v):
             raise bad("'stop_token_ids' must be a list of token ids", "stop_token_ids")
         sp["stop_token_ids"] = v
-    for key in ("ignore_eos", "skip_special_tokens", "no_stop_trim"):
-        if req.get(key) is not None:
-            sp[key] = _bool(req, key)
-    for key in ("regex", "ebnf"):
-        v = req.get(key)
-        if v is not None:
-            if not isinstance(v, str):
-                raise bad(f"'{key}' must be a string", key)
-            sp[key] = v
-    lb = req.get("logit_bias")
+
+
+def _flag(req: dict, key: str, sp: dict) -> None:
+    if req[key] is not None:
+        sp[key] = _bool(req, key)
+
+
+def _grammar(req: dict, key: str, sp: dict) -> None:
+    v = req[key]
+    if v is not None:
+        if not isinstance(v, str):
+            raise bad(f"'{key}' must be a string", key)
+        sp[key] = v
+
+
+def _logit_bias(req: dict, key: str, sp: dict) -> None:
+    lb = req[key]
     if lb is not None:
         if not isinstance(lb, dict):
             raise bad("'logit_bias' must be an object of token id -> bias", "logit_bias")
@@ -231,7 +227,10 @@ def sampling_params(req: dict, *, max_tokens_keys: tuple[str, ...]) -> tuple[dic
             out[str(k)] = float(b)
         if out:
             sp["logit_bias"] = out
-    rf = req.get("response_format")
+
+
+def _response_format(req: dict, key: str, sp: dict) -> None:
+    rf = req[key]
     if rf is not None:
         if not isinstance(rf, dict) or not isinstance(rf.get("type"), str):
             raise bad("'response_format' must be an object with a 'type'", "response_format")
@@ -246,6 +245,44 @@ def sampling_params(req: dict, *, max_tokens_keys: tuple[str, ...]) -> tuple[dic
             sp["json_schema"] = orjson.dumps(schema).decode()
         elif t != "text":
             raise bad(f"unsupported response_format type {t!r}", "response_format")
+
+
+# The request fields that become SGLang sampling parameters, each with its check. sampling_params visits
+# only the fields a request has (a typical request has two or three of these, not all seventeen).
+_SAMPLING_FIELDS: dict[str, Callable[[dict, str, dict], None]] = {
+    "temperature": _numeric(_num, "temperature", 0, 2),
+    "top_p": _numeric(_num, "top_p", 0, 1, lo_open=True),
+    "top_k": _top_k,
+    "min_p": _numeric(_num, "min_p", 0, 1),
+    "frequency_penalty": _numeric(_num, "frequency_penalty", -2, 2),
+    "presence_penalty": _numeric(_num, "presence_penalty", -2, 2),
+    "repetition_penalty": _numeric(_num, "repetition_penalty", 0, 2, lo_open=True),
+    "min_tokens": _numeric(_int, "min_new_tokens", 0),
+    "stop": _stop,
+    "stop_token_ids": _stop_token_ids,
+    "ignore_eos": _flag,
+    "skip_special_tokens": _flag,
+    "no_stop_trim": _flag,
+    "regex": _grammar,
+    "ebnf": _grammar,
+    "logit_bias": _logit_bias,
+    "response_format": _response_format,
+}
+
+
+def sampling_params(req: dict, *, max_tokens_keys: tuple[str, ...]) -> tuple[dict, int | None]:
+    """The SGLang ``sampling_params`` for an OpenAI request (only keys SGLang accepts), and the seed."""
+    sp: dict[str, Any] = {}
+    for key in max_tokens_keys:
+        v = _int(req, key, 0)
+        if v is not None:
+            sp["max_new_tokens"] = v
+            break
+    fields = _SAMPLING_FIELDS
+    for key in req:  # in the request's order, so the first bad field is the one reported
+        check = fields.get(key)
+        if check is not None:
+            check(req, key, sp)
     seed = _int(req, "seed")
     return sp, seed
 
@@ -305,9 +342,10 @@ class ChatRequest:
 def parse_chat(req: Any, served: str) -> ChatRequest:
     if not isinstance(req, dict):
         raise bad("the request body must be a JSON object")
-    for key, why in _REJECTED_CHAT.items():
-        if req.get(key) is not None:
-            raise bad(why, key)
+    if not _REJECTED_CHAT.keys().isdisjoint(req):
+        for key, why in _REJECTED_CHAT.items():
+            if req.get(key) is not None:
+                raise bad(why, key)
     mods = req.get("modalities")
     if mods is not None and mods != ["text"]:
         raise bad("only the 'text' modality is supported", "modalities")
