@@ -149,6 +149,11 @@ class Exchange:
     def headers(self) -> list[tuple[bytes, bytes]]:
         return self.scope["headers"]
 
+    async def respond(self, start: dict, body: bytes) -> None:
+        """A whole response: ``start`` (an ``http.response.start`` message) and its body."""
+        await self.send(start)
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
 
 _DISCONNECT = {"type": "http.disconnect"}
 
@@ -234,6 +239,11 @@ class RsgiExchange:
             return {"type": "http.request", "body": b"", "more_body": False}
         return {"type": "http.request", "body": chunk, "more_body": True}
 
+    async def respond(self, start: dict, body: bytes) -> None:
+        """A whole response: ``start`` (an ``http.response.start`` message) and its body, in one call."""
+        self._stream = False
+        self.proto.response_bytes(start["status"], _rsgi_headers(start), body)
+
     async def send(self, msg: dict) -> None:
         if msg["type"] == "http.response.start":
             self._start = msg
@@ -244,7 +254,7 @@ class RsgiExchange:
             start = self._start
             if start is None:
                 raise RuntimeError("http.response.body before http.response.start")
-            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start["headers"]]
+            headers = _rsgi_headers(start)
             if not msg.get("more_body", False):
                 self._stream = False
                 self.proto.response_bytes(start["status"], headers, body)
@@ -266,6 +276,15 @@ class RsgiExchange:
             self._gone = None
             if not f.done():
                 f.cancel()
+
+
+def _rsgi_headers(start: dict) -> list[tuple[str, str]]:
+    """The headers of an ``http.response.start`` message as RSGI wants them (str pairs), kept in the
+    message: the router's common starts are built once and reused."""
+    h = start.get("rsgi_headers")
+    if h is None:
+        h = start["rsgi_headers"] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start["headers"]]
+    return h
 
 
 try:
@@ -790,8 +809,7 @@ class App:
         if e.headers:
             headers += e.headers
         ex.started = True
-        await ex.send({"type": "http.response.start", "status": e.status, "headers": headers})
-        await ex.send(_body(e.body()))
+        await ex.respond({"type": "http.response.start", "status": e.status, "headers": headers}, e.body())
 
     # ------------------------------------------------------------------ small helpers
     async def _read_body(self, ex: Exchange) -> bytes:
@@ -854,8 +872,7 @@ class App:
             start = _START_JSON_200
         else:
             start = {"type": "http.response.start", "status": status, "headers": [_H_JSON]}
-        await ex.send(start)
-        await ex.send(_body(obj if isinstance(obj, bytes) else _dumps(obj)))
+        await ex.respond(start, obj if isinstance(obj, bytes) else _dumps(obj))
         return status
 
     async def _start_sse(self, ex: Exchange, worker: Worker) -> None:
@@ -1885,8 +1902,7 @@ class App:
 
     async def metrics_endpoint(self, ex: Exchange) -> int:
         ex.started = True
-        await ex.send(_START_METRICS)
-        await ex.send(_body(self.metrics.render()))
+        await ex.respond(_START_METRICS, self.metrics.render())
         return 200
 
 

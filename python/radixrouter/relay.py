@@ -308,8 +308,7 @@ class Relay:
         _w, headers, data = result
         app._observe(route, ex, None, None, 0, _usage(data))
         ex.started = True
-        await ex.send({"type": "http.response.start", "status": 200, "headers": headers})
-        await ex.send({"type": "http.response.body", "body": data, "more_body": False})
+        await ex.respond({"type": "http.response.start", "status": 200, "headers": headers}, data)
         return 200
 
     @staticmethod
