@@ -100,8 +100,11 @@ pub struct AsciiBpe {
     /// have length `u32::MAX`.
     spans: Vec<(u32, u32)>,
     bytes: Vec<u8>,
-    cache: Mutex<HashMap<Box<[u8]>, Box<[u32]>>>,
+    cache: Mutex<PieceCache>,
 }
+
+/// Piece bytes -> ids.
+type PieceCache = HashMap<Box<[u8]>, Box<[u32]>>;
 
 const ABSENT: (u32, u32) = (0, u32::MAX);
 

@@ -171,7 +171,7 @@ mod tests {
         assert_eq!(split("'lx", 1), ["'lx"]);
         assert_eq!(split("'", 1), ["'"]);
         assert_eq!(split("''s", 1), ["''", "s"]);
-        assert_eq!(split(" 's", 1), [" ", "'s"]);
+        assert_eq!(split(" 's", 1), [" '", "s"]);
     }
 
     #[test]

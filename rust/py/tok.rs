@@ -1,0 +1,183 @@
+//! Python bindings for byte-level BPE of ASCII text: `ByteLevelBpe`.
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+
+use crate::tok::{AsciiBpe, BuildError, Spec};
+
+impl From<BuildError> for PyErr {
+    fn from(e: BuildError) -> PyErr {
+        PyValueError::new_err(e.to_string())
+    }
+}
+
+/// Texts at least this long are encoded with the thread detached from Python (a chat
+/// prompt takes a few microseconds; 64 KiB of new text takes a millisecond or more).
+const DETACH_BYTES: usize = 64 * 1024;
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map_or_else(|_| "?".to_owned(), |n| n.to_string())
+}
+
+fn str_item(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<String> {
+    match obj.cast::<PyString>() {
+        Ok(s) => Ok(s.to_str()?.to_owned()),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "{what} must be a str, not {}",
+            type_name(obj)
+        ))),
+    }
+}
+
+fn id_item(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<u32> {
+    obj.extract::<u32>().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{what} must be an int in 0..2**32, not {}",
+            obj.repr()
+                .map_or_else(|_| type_name(obj), |r| r.to_string())
+        ))
+    })
+}
+
+/// `{str: int}` as (str, id) pairs.
+fn str_ids(what: &str, d: &Bound<'_, PyDict>) -> PyResult<Vec<(String, u32)>> {
+    let mut out = Vec::with_capacity(d.len());
+    for (k, v) in d.iter() {
+        let key = str_item(&format!("{what} keys"), &k)?;
+        let id = id_item(&format!("{what}[{key:?}]"), &v)?;
+        out.push((key, id));
+    }
+    Ok(out)
+}
+
+/// Merges as tokenizer.json holds them: `[left, right]` pairs, or "left right" strings.
+fn merge_pairs(merges: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (i, item) in merges.try_iter()?.enumerate() {
+        let item = item?;
+        let bad = || {
+            PyTypeError::new_err(format!(
+                "merges[{i}] must be a pair of str or a str \"left right\", not {}",
+                item.repr()
+                    .map_or_else(|_| type_name(&item), |r| r.to_string())
+            ))
+        };
+        if let Ok(s) = item.cast::<PyString>() {
+            let s = s.to_str()?;
+            let mut parts = s.split(' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(a), Some(b), None) => out.push((a.to_owned(), b.to_owned())),
+                _ => return Err(bad()),
+            }
+            continue;
+        }
+        let pair: Vec<Bound<'_, PyAny>> = match item.try_iter() {
+            Ok(it) => it.collect::<PyResult<_>>()?,
+            Err(_) => return Err(bad()),
+        };
+        match pair.as_slice() {
+            [a, b] if a.is_instance_of::<PyString>() && b.is_instance_of::<PyString>() => {
+                out.push((str_item("merge", a)?, str_item("merge", b)?));
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(out)
+}
+
+/// Token ids from a list or any iterable of ints.
+fn ids_arg(ids: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    if ids.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(
+            "ids must be a sequence of ints, not str",
+        ));
+    }
+    if let Ok(list) = ids.cast::<PyList>() {
+        let mut out = Vec::with_capacity(list.len());
+        for (i, item) in list.iter().enumerate() {
+            out.push(id_item(&format!("ids[{i}]"), &item)?);
+        }
+        return Ok(out);
+    }
+    let mut out = Vec::new();
+    for (i, item) in ids.try_iter()?.enumerate() {
+        out.push(id_item(&format!("ids[{i}]"), &item?)?);
+    }
+    Ok(out)
+}
+
+/// Byte-level BPE for ASCII text with the ids of Hugging Face `tokenizers` (Qwen2/3 and
+/// Llama-3 pre-tokenizer), and the `ByteLevel` decoder for any ids.
+#[pyclass(frozen, name = "ByteLevelBpe", module = "radixrouter._core")]
+pub struct PyByteLevelBpe {
+    inner: AsciiBpe,
+}
+
+#[pymethods]
+impl PyByteLevelBpe {
+    #[new]
+    #[pyo3(signature = (vocab, merges, added_tokens, *, max_digits, ignore_merges = false))]
+    fn new(
+        py: Python<'_>,
+        vocab: &Bound<'_, PyDict>,
+        merges: &Bound<'_, PyAny>,
+        added_tokens: &Bound<'_, PyDict>,
+        max_digits: i64,
+        ignore_merges: bool,
+    ) -> PyResult<Self> {
+        let max_digits = usize::try_from(max_digits)
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| PyValueError::new_err("max_digits must be at least 1"))?;
+        let spec = Spec {
+            vocab: str_ids("vocab", vocab)?,
+            merges: merge_pairs(merges)?,
+            added: str_ids("added_tokens", added_tokens)?,
+            max_digits,
+            ignore_merges,
+        };
+        let inner = py.detach(|| AsciiBpe::new(spec))?;
+        Ok(PyByteLevelBpe { inner })
+    }
+
+    /// The ids of `text`, or None if it is not all ASCII.
+    fn encode<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Option<Bound<'py, PyList>>> {
+        let ids = if text.len() >= DETACH_BYTES {
+            py.detach(|| self.inner.encode(text))
+        } else {
+            self.inner.encode(text)
+        };
+        ids.map(|ids| PyList::new(py, ids)).transpose()
+    }
+
+    /// Whether `tokenizers`' `decode(ids, skip_special_tokens=False)` gives exactly `text`.
+    fn spells(&self, ids: &Bound<'_, PyAny>, text: &str) -> PyResult<bool> {
+        Ok(self.inner.spells(&ids_arg(ids)?, text))
+    }
+
+    /// The bytes the ids decode to, or None if an id is unknown.
+    fn decode_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        ids: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        Ok(self
+            .inner
+            .decode_bytes(&ids_arg(ids)?)
+            .map(|b| PyBytes::new(py, &b)))
+    }
+
+    /// Pieces in the cache of piece -> ids.
+    #[getter]
+    fn cached_pieces(&self) -> usize {
+        self.inner.cached_pieces()
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyByteLevelBpe>()?;
+    Ok(())
+}
