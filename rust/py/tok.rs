@@ -2,7 +2,7 @@
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::tok::{AsciiBpe, BuildError, Spec};
 
@@ -22,22 +22,18 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
         .map_or_else(|_| "?".to_owned(), |n| n.to_string())
 }
 
-fn str_item(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<String> {
-    match obj.cast::<PyString>() {
-        Ok(s) => Ok(s.to_str()?.to_owned()),
-        Err(_) => Err(PyTypeError::new_err(format!(
-            "{what} must be a str, not {}",
-            type_name(obj)
-        ))),
-    }
+fn repr(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr()
+        .map_or_else(|_| type_name(obj), |r| r.to_string())
 }
 
-fn id_item(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<u32> {
+/// An id; `what` names it in the error.
+fn id_item(obj: &Bound<'_, PyAny>, what: impl FnOnce() -> String) -> PyResult<u32> {
     obj.extract::<u32>().map_err(|_| {
         PyValueError::new_err(format!(
-            "{what} must be an int in 0..2**32, not {}",
-            obj.repr()
-                .map_or_else(|_| type_name(obj), |r| r.to_string())
+            "{} must be an int in 0..2**32, not {}",
+            what(),
+            repr(obj)
         ))
     })
 }
@@ -46,43 +42,62 @@ fn id_item(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<u32> {
 fn str_ids(what: &str, d: &Bound<'_, PyDict>) -> PyResult<Vec<(String, u32)>> {
     let mut out = Vec::with_capacity(d.len());
     for (k, v) in d.iter() {
-        let key = str_item(&format!("{what} keys"), &k)?;
-        let id = id_item(&format!("{what}[{key:?}]"), &v)?;
+        let key = match k.cast::<PyString>() {
+            Ok(s) => s.to_str()?.to_owned(),
+            Err(_) => {
+                return Err(PyTypeError::new_err(format!(
+                    "{what} keys must be str, not {}",
+                    type_name(&k)
+                )))
+            }
+        };
+        let id = id_item(&v, || format!("{what}[{key:?}]"))?;
         out.push((key, id));
     }
     Ok(out)
 }
 
-/// Merges as tokenizer.json holds them: `[left, right]` pairs, or "left right" strings.
+/// One merge as tokenizer.json holds it: a `[left, right]` pair (list or tuple), or a
+/// "left right" string.
+fn merge_pair(item: &Bound<'_, PyAny>) -> PyResult<Option<(String, String)>> {
+    if let Ok(s) = item.cast::<PyString>() {
+        let mut parts = s.to_str()?.split(' ');
+        return Ok(match (parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(b), None) => Some((a.to_owned(), b.to_owned())),
+            _ => None,
+        });
+    }
+    let (a, b) = if let Ok(l) = item.cast::<PyList>() {
+        if l.len() != 2 {
+            return Ok(None);
+        }
+        (l.get_item(0)?, l.get_item(1)?)
+    } else if let Ok(t) = item.cast::<PyTuple>() {
+        if t.len() != 2 {
+            return Ok(None);
+        }
+        (t.get_item(0)?, t.get_item(1)?)
+    } else {
+        return Ok(None);
+    };
+    match (a.cast::<PyString>(), b.cast::<PyString>()) {
+        (Ok(a), Ok(b)) => Ok(Some((a.to_str()?.to_owned(), b.to_str()?.to_owned()))),
+        _ => Ok(None),
+    }
+}
+
 fn merge_pairs(merges: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
     let mut out = Vec::new();
     for (i, item) in merges.try_iter()?.enumerate() {
         let item = item?;
-        let bad = || {
-            PyTypeError::new_err(format!(
-                "merges[{i}] must be a pair of str or a str \"left right\", not {}",
-                item.repr()
-                    .map_or_else(|_| type_name(&item), |r| r.to_string())
-            ))
-        };
-        if let Ok(s) = item.cast::<PyString>() {
-            let s = s.to_str()?;
-            let mut parts = s.split(' ');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(a), Some(b), None) => out.push((a.to_owned(), b.to_owned())),
-                _ => return Err(bad()),
+        match merge_pair(&item)? {
+            Some(pair) => out.push(pair),
+            None => {
+                return Err(PyTypeError::new_err(format!(
+                    "merges[{i}] must be a pair of str or a str \"left right\", not {}",
+                    repr(&item)
+                )))
             }
-            continue;
-        }
-        let pair: Vec<Bound<'_, PyAny>> = match item.try_iter() {
-            Ok(it) => it.collect::<PyResult<_>>()?,
-            Err(_) => return Err(bad()),
-        };
-        match pair.as_slice() {
-            [a, b] if a.is_instance_of::<PyString>() && b.is_instance_of::<PyString>() => {
-                out.push((str_item("merge", a)?, str_item("merge", b)?));
-            }
-            _ => return Err(bad()),
         }
     }
     Ok(out)
@@ -98,13 +113,13 @@ fn ids_arg(ids: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
     if let Ok(list) = ids.cast::<PyList>() {
         let mut out = Vec::with_capacity(list.len());
         for (i, item) in list.iter().enumerate() {
-            out.push(id_item(&format!("ids[{i}]"), &item)?);
+            out.push(id_item(&item, || format!("ids[{i}]"))?);
         }
         return Ok(out);
     }
     let mut out = Vec::new();
     for (i, item) in ids.try_iter()?.enumerate() {
-        out.push(id_item(&format!("ids[{i}]"), &item?)?);
+        out.push(id_item(&item?, || format!("ids[{i}]"))?);
     }
     Ok(out)
 }

@@ -24,16 +24,50 @@ const MAX_CACHED_PIECE: usize = 64;
 /// The cache is cleared when it reaches this many pieces.
 const MAX_CACHED_PIECES: usize = 1 << 16;
 
+const fn printable(b: usize) -> bool {
+    matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF)
+}
+
+/// Byte -> code point of its character (see [`byte_char`]).
+static BYTE_CHAR: [u16; 256] = {
+    let mut t = [0u16; 256];
+    let (mut b, mut n) = (0, 0);
+    while b < 256 {
+        t[b] = if printable(b) {
+            b as u16
+        } else {
+            n += 1;
+            0xFF + n
+        };
+        b += 1;
+    }
+    t
+};
+
+/// Code point -> byte + 1 (0: not in the alphabet), for code points below 0x144.
+static CHAR_BYTE: [u16; 0x144] = {
+    let mut t = [0u16; 0x144];
+    let mut b = 0;
+    while b < 256 {
+        t[BYTE_CHAR[b] as usize] = b as u16 + 1;
+        b += 1;
+    }
+    t
+};
+
 /// GPT-2's `bytes_to_unicode`: the character byte-level BPE writes for each byte value.
 /// Printable Latin-1 bytes stand for themselves, the others (controls, space, 0x7F-0xA0,
 /// 0xAD) for U+0100 onwards, in byte order.
 pub fn byte_char(b: u8) -> char {
-    let printable = |b: u8| matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF);
-    if printable(b) {
-        return char::from(b);
+    char::from_u32(u32::from(BYTE_CHAR[b as usize])).unwrap_or(char::REPLACEMENT_CHARACTER)
+}
+
+/// The byte a character of the byte-level alphabet stands for.
+pub fn char_byte(c: char) -> Option<u8> {
+    match CHAR_BYTE.get(c as usize) {
+        Some(&v) if v != 0 => Some((v - 1) as u8),
+        _ => None,
     }
-    let rank = (0..b).filter(|&x| !printable(x)).count() as u32;
-    char::from_u32(0x100 + rank).unwrap_or(char::REPLACEMENT_CHARACTER)
 }
 
 /// Why a tokenizer cannot be built.
@@ -70,13 +104,13 @@ impl std::error::Error for BuildError {}
 
 /// What a byte-level BPE tokenizer is made of (the strings as in tokenizer.json, i.e. in
 /// the byte-level alphabet for vocabulary and merges, plain text for added tokens).
-pub struct Spec<V, M, A> {
+pub struct Spec {
     /// Token -> id.
-    pub vocab: V,
+    pub vocab: Vec<(String, u32)>,
     /// Merges in rank order.
-    pub merges: M,
+    pub merges: Vec<(String, String)>,
     /// Added tokens: content -> id (they override the vocabulary's token for their id).
-    pub added: A,
+    pub added: Vec<(String, u32)>,
     /// `N` of the pre-tokenizer's `\p{N}{1,N}` (1 for Qwen2/3, 3 for Llama-3).
     pub max_digits: usize,
     /// tokenizers' `ignore_merges`: a piece that is a whole vocabulary token is that token.
@@ -110,34 +144,64 @@ const ABSENT: (u32, u32) = (0, u32::MAX);
 
 /// A token's characters mapped back to bytes, or None if one of them is outside the
 /// byte-level alphabet.
-fn alphabet_bytes(token: &str, char_byte: &HashMap<char, u8>) -> Option<Vec<u8>> {
-    token.chars().map(|c| char_byte.get(&c).copied()).collect()
+fn alphabet_bytes(token: &str) -> Option<Vec<u8>> {
+    token.chars().map(char_byte).collect()
 }
 
-/// What tokenizers' `ByteLevel` decoder makes of a token: its bytes in the byte-level
-/// alphabet, or its UTF-8 bytes as they are if it is not written in that alphabet.
-fn token_bytes(token: &str, char_byte: &HashMap<char, u8>) -> Vec<u8> {
-    alphabet_bytes(token, char_byte).unwrap_or_else(|| token.as_bytes().to_vec())
+/// Appends what tokenizers' `ByteLevel` decoder makes of a token: its bytes in the
+/// byte-level alphabet, or its UTF-8 bytes as they are if it is not written in that alphabet.
+fn push_token_bytes(token: &str, out: &mut Vec<u8>) {
+    let start = out.len();
+    for c in token.chars() {
+        match char_byte(c) {
+            Some(b) => out.push(b),
+            None => {
+                out.truncate(start);
+                out.extend_from_slice(token.as_bytes());
+                return;
+            }
+        }
+    }
 }
 
 impl AsciiBpe {
-    pub fn new<V, M, A, S>(spec: Spec<V, M, A>) -> Result<AsciiBpe, BuildError>
-    where
-        V: IntoIterator<Item = (S, u32)>,
-        M: IntoIterator<Item = (S, S)>,
-        A: IntoIterator<Item = (S, u32)>,
-        S: AsRef<str>,
-    {
+    pub fn new(spec: Spec) -> Result<AsciiBpe, BuildError> {
         if spec.max_digits == 0 {
             return Err(BuildError::ZeroDigits);
         }
-        let char_byte: HashMap<char, u8> = (0..=255u8).map(|b| (byte_char(b), b)).collect();
-        let vocab: HashMap<String, u32> = spec
-            .vocab
-            .into_iter()
-            .map(|(s, id)| (s.as_ref().to_owned(), id))
-            .collect();
+        for (content, id) in &spec.added {
+            if content.is_empty() {
+                return Err(BuildError::EmptyAddedToken(*id));
+            }
+        }
 
+        // Decoding table: vocabulary tokens, then added tokens over them.
+        let n_ids = spec
+            .vocab
+            .iter()
+            .chain(&spec.added)
+            .map(|(_, id)| *id as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut spans = vec![ABSENT; n_ids];
+        let mut bytes = Vec::new();
+        for (token, id) in spec.vocab.iter().chain(&spec.added) {
+            let start = bytes.len();
+            push_token_bytes(token, &mut bytes);
+            spans[*id as usize] = (start as u32, (bytes.len() - start) as u32);
+        }
+
+        let whole = spec.ignore_merges.then(|| {
+            spec.vocab
+                .iter()
+                .filter_map(|(s, id)| {
+                    let b = alphabet_bytes(s)?;
+                    b.is_ascii().then(|| (b.into_boxed_slice(), *id))
+                })
+                .collect()
+        });
+
+        let vocab: HashMap<String, u32> = spec.vocab.into_iter().collect();
         let mut byte_ids = [0u32; 128];
         for b in 0..128u8 {
             let mut buf = [0u8; 4];
@@ -146,10 +210,9 @@ impl AsciiBpe {
         }
 
         // As tokenizers: a later duplicate of a merge replaces the earlier one.
-        let mut merges = HashMap::new();
+        let mut merges = HashMap::with_capacity(spec.merges.len());
         let mut joined = String::new();
-        for (index, (a, b)) in spec.merges.into_iter().enumerate() {
-            let (a, b) = (a.as_ref(), b.as_ref());
+        for (index, (a, b)) in spec.merges.iter().enumerate() {
             let id = |t: &str| {
                 vocab
                     .get(t)
@@ -167,49 +230,17 @@ impl AsciiBpe {
             merges.insert((left, right), (rank, id(&joined)?));
         }
 
-        // Decoding table: vocabulary tokens, then added tokens over them.
-        let mut tokens: Vec<(u32, Vec<u8>)> = vocab
+        let mut added: Vec<(Box<[u8]>, u32)> = spec
+            .added
             .iter()
-            .map(|(s, &id)| (id, token_bytes(s, &char_byte)))
+            .filter(|(c, _)| c.is_ascii())
+            .map(|(c, id)| (Box::from(c.as_bytes()), *id))
             .collect();
-        let whole = spec.ignore_merges.then(|| {
-            vocab
-                .iter()
-                .filter_map(|(s, &id)| {
-                    let b = alphabet_bytes(s, &char_byte)?;
-                    b.is_ascii().then(|| (b.into_boxed_slice(), id))
-                })
-                .collect()
-        });
-        let mut added = Vec::new();
-        for (content, id) in spec.added {
-            let content = content.as_ref();
-            if content.is_empty() {
-                return Err(BuildError::EmptyAddedToken(id));
-            }
-            if content.is_ascii() {
-                added.push((Box::from(content.as_bytes()), id));
-            }
-            tokens.push((id, token_bytes(content, &char_byte)));
-        }
         // Longest first; a stable sort keeps the given order among equal lengths.
-        added.sort_by_key(|(c, _): &(Box<[u8]>, u32)| std::cmp::Reverse(c.len()));
+        added.sort_by_key(|(c, _)| std::cmp::Reverse(c.len()));
         let mut added_first = [false; 128];
         for (c, _) in &added {
             added_first[c[0] as usize] = true;
-        }
-
-        let n_ids = tokens
-            .iter()
-            .map(|(id, _)| *id as usize + 1)
-            .max()
-            .unwrap_or(0);
-        let mut spans = vec![ABSENT; n_ids];
-        let mut bytes = Vec::new();
-        for (id, b) in tokens {
-            // A later entry (an added token) replaces an earlier one for the same id.
-            spans[id as usize] = (bytes.len() as u32, b.len() as u32);
-            bytes.extend_from_slice(&b);
         }
 
         Ok(AsciiBpe {

@@ -52,6 +52,12 @@ fn byte_alphabet_is_gpt2s() {
     assert_eq!(byte_char(0xff), '\u{ff}');
     let all: std::collections::HashSet<char> = (0..=255u8).map(byte_char).collect();
     assert_eq!(all.len(), 256);
+    for b in 0..=255u8 {
+        assert_eq!(char_byte(byte_char(b)), Some(b));
+    }
+    for c in [' ', '\n', '\u{7f}', '\u{a0}', '\u{ad}', '\u{144}', '▁', '\u{10ffff}'] {
+        assert_eq!(char_byte(c), None);
+    }
 }
 
 #[test]
