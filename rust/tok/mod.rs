@@ -127,8 +127,9 @@ pub struct AsciiBpe {
     whole: Option<HashMap<Box<[u8]>, u32>>,
     /// ASCII added tokens, longest first.
     added: Vec<(Box<[u8]>, u32)>,
-    /// Which bytes start an ASCII added token.
+    /// Which bytes start an ASCII added token: a table, and the list.
     added_first: [bool; 128],
+    added_starts: Vec<u8>,
     max_digits: usize,
     /// Decoding: each id's bytes are `bytes[spans[id].0..][..spans[id].1]`; absent ids
     /// have length `u32::MAX`.
@@ -242,6 +243,7 @@ impl AsciiBpe {
         for (c, _) in &added {
             added_first[c[0] as usize] = true;
         }
+        let added_starts = (0..128u8).filter(|&b| added_first[b as usize]).collect();
 
         Ok(AsciiBpe {
             byte_ids,
@@ -249,6 +251,7 @@ impl AsciiBpe {
             whole,
             added,
             added_first,
+            added_starts,
             max_digits: spec.max_digits,
             spans,
             bytes,
@@ -264,24 +267,36 @@ impl AsciiBpe {
         }
         let mut ids = Vec::with_capacity(s.len() / 3 + 1);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let mut pos = 0;
-        if !self.added.is_empty() {
-            let mut i = 0;
-            while i < s.len() {
-                if self.added_first[s[i] as usize] {
-                    if let Some((c, id)) = self.added.iter().find(|(c, _)| s[i..].starts_with(c)) {
-                        self.segment(&s[pos..i], &mut cache, &mut ids);
-                        ids.push(*id);
-                        i += c.len();
-                        pos = i;
-                        continue;
-                    }
+        // Added tokens, leftmost first, the longest where several start at the same place.
+        let (mut pos, mut i) = (0, 0);
+        while let Some(j) = self.next_added_start(s, i) {
+            match self.added.iter().find(|(c, _)| s[j..].starts_with(c)) {
+                Some((c, id)) => {
+                    self.segment(&s[pos..j], &mut cache, &mut ids);
+                    ids.push(*id);
+                    pos = j + c.len();
+                    i = pos;
                 }
-                i += 1;
+                None => i = j + 1,
             }
         }
         self.segment(&s[pos..], &mut cache, &mut ids);
         Some(ids)
+    }
+
+    /// The first position from `from` on where an added token may start.
+    fn next_added_start(&self, s: &[u8], from: usize) -> Option<usize> {
+        let hay = s.get(from..)?;
+        let k = match *self.added_starts.as_slice() {
+            [] => None,
+            [a] => memchr::memchr(a, hay),
+            [a, b] => memchr::memchr2(a, b, hay),
+            [a, b, c] => memchr::memchr3(a, b, c, hay),
+            _ => hay
+                .iter()
+                .position(|&b| self.added_first.get(b as usize) == Some(&true)),
+        };
+        k.map(|k| from + k)
     }
 
     /// Number of pieces in the cache.

@@ -55,7 +55,16 @@ fn byte_alphabet_is_gpt2s() {
     for b in 0..=255u8 {
         assert_eq!(char_byte(byte_char(b)), Some(b));
     }
-    for c in [' ', '\n', '\u{7f}', '\u{a0}', '\u{ad}', '\u{144}', '▁', '\u{10ffff}'] {
+    for c in [
+        ' ',
+        '\n',
+        '\u{7f}',
+        '\u{a0}',
+        '\u{ad}',
+        '\u{144}',
+        '▁',
+        '\u{10ffff}',
+    ] {
         assert_eq!(char_byte(c), None);
     }
 }
@@ -110,6 +119,31 @@ fn added_tokens_leftmost_then_longest() {
     // a partial token is plain text, split by the pre-tokenizer on its own side of a token
     assert_eq!(text(&bpe, &ids("a<<b>b")), ["a", "<", "<b>", "b"]);
     assert_eq!(ids(""), Vec::<u32>::new());
+}
+
+#[test]
+fn added_tokens_with_many_first_bytes() {
+    // one to five distinct first bytes (memchr, memchr2, memchr3, then a table)
+    let all = ["<a>", "[b]", "{c}", "(d)", "x!"];
+    for n in 1..=all.len() {
+        let bpe = build(&[], &all[..n], 1, false);
+        let text = "x [b] (d) <a>x!{c} [";
+        let mut want = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            match all[..n].iter().position(|t| rest.starts_with(t)) {
+                Some(k) => {
+                    want.push(1000 + k as u32);
+                    rest = &rest[all[k].len()..];
+                }
+                None => {
+                    want.push(u32::from(rest.as_bytes()[0]));
+                    rest = &rest[1..];
+                }
+            }
+        }
+        assert_eq!(bpe.encode(text).unwrap(), want, "{n} added tokens");
+    }
 }
 
 #[test]
