@@ -15,6 +15,7 @@ its first token (the prefix cache holds `<|im_start|>`), 40 random words behind 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as `radixrouter serve` sets it
 sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
 
 from loadgen import words  # noqa: E402

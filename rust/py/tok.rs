@@ -1,6 +1,9 @@
 //! Python bindings for byte-level BPE of ASCII text: `ByteLevelBpe`.
 
+use std::os::raw::c_ulong;
+
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
@@ -103,6 +106,36 @@ fn merge_pairs(merges: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// Ids from a list: each item read as a C unsigned long without taking a reference (a
+/// worker's output ids are a list of small ints); anything else goes through `id_item`.
+fn list_ids(list: &Bound<'_, PyList>) -> PyResult<Vec<u32>> {
+    let py = list.py();
+    let mut out = Vec::with_capacity(list.len());
+    for i in 0..list.len() {
+        // SAFETY: `list` is alive for the whole loop and `i` is in range (the list cannot
+        // change: nothing here runs Python code). PyList_GetItem returns a borrowed reference
+        // or NULL with an exception set; PyLong_AsUnsignedLong only reads an int (TypeError
+        // for anything else, OverflowError when out of range) and runs no Python code.
+        let v = unsafe {
+            let item = ffi::PyList_GetItem(list.as_ptr(), i as ffi::Py_ssize_t);
+            if item.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            ffi::PyLong_AsUnsignedLong(item)
+        };
+        match u32::try_from(v) {
+            Ok(v) => out.push(v),
+            Err(_) => {
+                if v == c_ulong::MAX {
+                    PyErr::take(py);
+                }
+                out.push(id_item(&list.get_item(i)?, || format!("ids[{i}]"))?);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Token ids from a list or any iterable of ints.
 fn ids_arg(ids: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
     if ids.is_instance_of::<PyString>() {
@@ -111,11 +144,7 @@ fn ids_arg(ids: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
         ));
     }
     if let Ok(list) = ids.cast::<PyList>() {
-        let mut out = Vec::with_capacity(list.len());
-        for (i, item) in list.iter().enumerate() {
-            out.push(id_item(&item, || format!("ids[{i}]"))?);
-        }
-        return Ok(out);
+        return list_ids(list);
     }
     let mut out = Vec::new();
     for (i, item) in ids.try_iter()?.enumerate() {
