@@ -108,6 +108,28 @@ def test_any_ascii_text(qwen, llama3, qwen_bpe, llama3_bpe, text) -> None:
     assert llama3_bpe.encode(text) == llama3.encode(text, add_special_tokens=False).ids
 
 
+_BYTE_CHAR = {b: c for c, b in _byte_alphabet().items()}
+# Short texts: every substring becomes a vocabulary entry below. Added tokens are plain text here (neither
+# pre_tokenize_str nor a ByteLevelBpe without added tokens treats them specially).
+_SHORT_TEXTS = st.lists(_FRAGMENTS, max_size=8).map(lambda parts: "".join(parts)[:32])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_SHORT_TEXTS, st.sampled_from(["qwen", "llama3"]))
+def test_scanner_pieces_equal_the_regex(qwen, llama3, text, kind) -> None:
+    """The scanner's pieces are exactly the regex's: with every substring of the text in the vocabulary as its
+    own token and ignore_merges, each piece becomes one id, so the ids spell out the segmentation."""
+    tok = llama3 if kind == "llama3" else qwen
+    want_pieces = [p for p, _ in tok.pre_tokenizer.pre_tokenize_str(text)]
+    vocab = {c: b for b, c in _BYTE_CHAR.items()}
+    bl = "".join(_BYTE_CHAR[ord(c)] for c in text)
+    for i in range(len(bl)):
+        for j in range(i + 2, len(bl) + 1):
+            vocab.setdefault(bl[i:j], 256 + len(vocab))
+    bpe = ByteLevelBpe(vocab, [], {}, max_digits=3 if kind == "llama3" else 1, ignore_merges=True)
+    assert bpe.encode(text) == [vocab[p] for p in want_pieces]
+
+
 def test_digits_grouping_and_ignore_merges(qwen_bpe, llama3_bpe) -> None:
     assert len(qwen_bpe.encode("1234567")) == 7
     seven = qwen_bpe.encode("7")
