@@ -20,7 +20,7 @@ from loadgen import words  # noqa: E402
 
 from radixrouter import PrefixCache  # noqa: E402
 from radixrouter.openai_api import parse_chat  # noqa: E402
-from radixrouter.tokenizer import ChatTokenizer, PromptBuilder  # noqa: E402
+from radixrouter.tokenizer import ChatTokenizer, PromptBuilder, _AsciiEncoder  # noqa: E402
 
 N = 2_000
 
@@ -54,10 +54,15 @@ def main() -> None:
                                                           add_generation_prompt=True, **creqs[i].template_kwargs))
     bench("tokenize through the cache", lambda i: builder.tokenize(texts[i]))
     bench("encode, no cache", lambda i: tok.encode(texts[i]))
+    python_ascii = _AsciiEncoder.build(tok.tokenizer, native=False)  # the former ASCII path, for comparison
+    for t in texts:
+        python_ascii.encode(t)  # its piece cache warm, like the Rust one
+    bench("  (Python ASCII path)", lambda i: python_ascii.encode(texts[i]))
     bench("Prompt.ids_json", lambda i: built[i].ids_json())
     bench("record (16 output tokens)", lambda i: builder.record(built[i], out_text, out_ids,
                                                                 finish_reason={"type": "length"}, worker="w"))
     bench("decode 16 ids", lambda i: tok.decode(out_ids, skip_special_tokens=False))
+    bench("spells (16 ids, the check)", lambda i: tok.spells(out_ids, out_text))
     bench("char_ends of a prompt", lambda i: tok.char_ends(built[i]._ids_array()))
 
 

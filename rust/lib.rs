@@ -1,4 +1,4 @@
-//! radixrouter core: the SSE codec and the radix-tree prefix cache.
+//! radixrouter core: the SSE codec, the radix-tree prefix cache and ASCII byte-level BPE.
 //!
 //! Everything outside `py` is plain Rust, compiled and tested by `cargo test`
 //! without Python. The PyO3 bindings (`radixrouter._core`) live only in `py/`
@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod sse;
+pub mod tok;
 
 #[cfg(feature = "python")]
 mod py;

@@ -1,4 +1,5 @@
-"""ChatTokenizer.encode's ASCII fast path (_AsciiEncoder) gives exactly the ids of tokenizers' own encode."""
+"""ChatTokenizer.encode's ASCII fast paths (the Rust ByteLevelBpe for the Qwen2/3 and Llama-3 patterns, the Python
+_AsciiEncoder for other regexes) give exactly the ids of tokenizers' own encode."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
+from radixrouter._core import ByteLevelBpe
 from radixrouter.tokenizer import ChatTokenizer, _ascii_regex, _AsciiEncoder, qwen3_files
 
 
@@ -45,7 +47,7 @@ def test_any_ascii_text(qwen, text) -> None:
 
 
 def test_qwen3_uses_the_fast_path_and_chat_prompts_match(qwen) -> None:
-    assert qwen._ascii is not None
+    assert isinstance(qwen._ascii, ByteLevelBpe)
     for k in range(50):
         prompt = qwen.render(
             [
@@ -58,12 +60,26 @@ def test_qwen3_uses_the_fast_path_and_chat_prompts_match(qwen) -> None:
         assert prompt.isascii()
         assert qwen.encode(prompt) == reference(qwen, prompt)
     # the piece cache is filled and used
-    assert qwen._ascii._pieces
+    assert qwen._ascii.cached_pieces > 0
 
 
 def test_non_ascii_text_goes_through_tokenizers(qwen) -> None:
     for text in ["naïve café", "日本語 <|im_end|> x", "a\u00a0b", "e\u0301"]:  # NFC applies here
         assert qwen.encode(text) == reference(qwen, text)
+
+
+@pytest.fixture(scope="module")
+def qwen_python(qwen) -> _AsciiEncoder:
+    enc = _AsciiEncoder.build(qwen.tokenizer, native=False)
+    assert isinstance(enc, _AsciiEncoder)
+    return enc
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(_PIECES), max_size=40))
+def test_python_path_equals_tokenizers(qwen, qwen_python, pieces) -> None:
+    text = "".join(pieces)
+    assert qwen_python.encode(text) == reference(qwen, text)
 
 
 def test_gap_falls_back(qwen) -> None:
@@ -92,6 +108,20 @@ def _variant(mutate) -> Tokenizer:
 )
 def test_other_pipelines_get_no_fast_path(mutate) -> None:
     assert _AsciiEncoder.build(_variant(mutate)) is None
+
+
+def _set_pattern(pattern: str):
+    return lambda s: s["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=pattern)
+
+
+def test_other_patterns_keep_the_python_path() -> None:
+    # a pattern that is not one of the two known strings: the regex path, still exact
+    pattern = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    tok = _variant(_set_pattern(pattern))
+    enc = _AsciiEncoder.build(tok)
+    assert isinstance(enc, _AsciiEncoder)
+    text = "x 12345 it's\n\n  <|im_end|>"
+    assert enc.encode(text) == tok.encode(text, add_special_tokens=False).ids
 
 
 def test_regex_translation() -> None:

@@ -8,6 +8,7 @@ from typing_extensions import Buffer
 
 __version__: str
 __all__ = [
+    "ByteLevelBpe",
     "PrefixCache",
     "PrefixMatch",
     "PrefixPin",
@@ -215,3 +216,44 @@ def token_char_ends(ids: Sequence[int] | Buffer, table: Buffer, start: int = 0) 
     token ``id`` (for byte-level BPE, the UTF-8 lead bytes among its bytes). ``table``: a buffer
     of uint8 (``bytes``, ``array("B")``) or uint32 (``array("I")``). ``ids`` as for
     ``PrefixCache.insert``. ``ValueError`` for an id outside the table."""
+
+# ---- Byte-level BPE ----------------------------------------------------------
+
+@final
+class ByteLevelBpe:
+    """Byte-level BPE for ASCII text with the ids of Hugging Face ``tokenizers`` (the Qwen2/3 and
+    Llama-3 pre-tokenizer regexes), and that library's ``ByteLevel`` decoder for any ids.
+
+    ``encode`` does what ``Tokenizer.encode(text, add_special_tokens=False)`` does for such a
+    tokenizer: split at added tokens (leftmost, longest at a position), split the rest with the
+    pre-tokenizer regex (a hand-written scanner), BPE each piece (with a cache of piece -> ids,
+    cleared when it reaches 65,536 pieces). Thread-safe.
+    """
+
+    def __new__(
+        cls,
+        vocab: dict[str, int],
+        merges: Iterable[Sequence[str] | str],
+        added_tokens: dict[str, int],
+        *,
+        max_digits: int,
+        ignore_merges: bool = False,
+    ) -> ByteLevelBpe:
+        """``vocab`` and ``merges`` as in tokenizer.json's BPE model (``json.loads(tok.model.__getstate__())``:
+        tokens in the byte-level alphabet, merges as ``[left, right]`` pairs or ``"left right"``
+        strings, in rank order); ``added_tokens``: content -> id; ``max_digits``: the N of the
+        pattern's ``\\p{N}{1,N}`` (1 for Qwen2/3, 3 for Llama-3); ``ignore_merges`` as the model's
+        flag. ``ValueError`` for a merge of unknown tokens, a byte missing from the vocabulary, an
+        empty added token or ``max_digits < 1``; ``TypeError`` for arguments of the wrong types."""
+    def encode(self, text: str) -> list[int] | None:
+        """The token ids of ``text`` (added tokens recognized, none added), or None if it is not
+        all ASCII."""
+    def spells(self, ids: Sequence[int], text: str) -> bool:
+        """Whether ``Tokenizer.decode(ids, skip_special_tokens=False)`` with a ``ByteLevel``
+        decoder gives exactly ``text`` (ids it does not know are skipped, as tokenizers does)."""
+    def decode_bytes(self, ids: Sequence[int]) -> bytes | None:
+        """The bytes the ids decode to (the decoder's output before it becomes a ``str``), or None
+        if an id is unknown."""
+    @property
+    def cached_pieces(self) -> int:
+        """Pieces in the cache of piece -> ids."""

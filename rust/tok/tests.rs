@@ -1,0 +1,288 @@
+use super::*;
+
+/// The byte-level spelling of ASCII text.
+fn bl(s: &str) -> String {
+    s.bytes().map(byte_char).collect()
+}
+
+/// A vocabulary of the 128 ASCII bytes (id = byte) plus the results of `merges`
+/// (given as plain text), with `added` tokens from id 1000.
+fn build(merges: &[(&str, &str)], added: &[&str], max_digits: usize, ignore: bool) -> AsciiBpe {
+    let mut vocab: Vec<(String, u32)> = (0..128u8)
+        .map(|b| (bl(&(b as char).to_string()), b as u32))
+        .collect();
+    for (a, b) in merges {
+        let id = vocab.len() as u32;
+        vocab.push((bl(&format!("{a}{b}")), id));
+    }
+    let merges: Vec<(String, String)> = merges.iter().map(|(a, b)| (bl(a), bl(b))).collect();
+    let added: Vec<(String, u32)> = added
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), 1000 + i as u32))
+        .collect();
+    AsciiBpe::new(Spec {
+        vocab,
+        merges,
+        added,
+        max_digits,
+        ignore_merges: ignore,
+    })
+    .unwrap()
+}
+
+/// Ids back to plain text (for readable assertions).
+fn text(bpe: &AsciiBpe, ids: &[u32]) -> Vec<String> {
+    ids.iter()
+        .map(|&id| String::from_utf8(bpe.decode_bytes(&[id]).unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn byte_alphabet_is_gpt2s() {
+    assert_eq!(byte_char(b'a'), 'a');
+    assert_eq!(byte_char(b'!'), '!');
+    assert_eq!(byte_char(0), '\u{100}');
+    assert_eq!(byte_char(b'\n'), '\u{10a}');
+    assert_eq!(byte_char(b' '), '\u{120}');
+    assert_eq!(byte_char(0x7f), '\u{121}');
+    assert_eq!(byte_char(0xa0), '\u{142}');
+    assert_eq!(byte_char(0xa1), '\u{a1}');
+    assert_eq!(byte_char(0xad), '\u{143}');
+    assert_eq!(byte_char(0xff), '\u{ff}');
+    let all: std::collections::HashSet<char> = (0..=255u8).map(byte_char).collect();
+    assert_eq!(all.len(), 256);
+    for b in 0..=255u8 {
+        assert_eq!(char_byte(byte_char(b)), Some(b));
+    }
+    for c in [
+        ' ',
+        '\n',
+        '\u{7f}',
+        '\u{a0}',
+        '\u{ad}',
+        '\u{144}',
+        '▁',
+        '\u{10ffff}',
+    ] {
+        assert_eq!(char_byte(c), None);
+    }
+}
+
+#[test]
+fn lowest_rank_merges_first_leftmost_on_ties() {
+    let bpe = build(
+        &[("b", "c"), ("a", "b"), ("a", "a"), ("aa", "a")],
+        &[],
+        1,
+        false,
+    );
+    // "bc" outranks "ab": a + bc, never ab + c
+    assert_eq!(text(&bpe, &bpe.encode("abc").unwrap()), ["a", "bc"]);
+    // a a a: the leftmost pair merges first, then "aa" + "a" (rank 3)
+    assert_eq!(text(&bpe, &bpe.encode("aaa").unwrap()), ["aaa"]);
+    // every a + a (rank 2) before any aa + a (rank 3)
+    assert_eq!(text(&bpe, &bpe.encode("aaaa").unwrap()), ["aa", "aa"]);
+    assert_eq!(text(&bpe, &bpe.encode("aaaaa").unwrap()), ["aa", "aaa"]);
+    // pieces are merged separately
+    assert_eq!(text(&bpe, &bpe.encode("ab c").unwrap()), ["ab", " ", "c"]);
+}
+
+#[test]
+fn ignore_merges_takes_whole_tokens() {
+    // "abc" is in the vocabulary, but no merge sequence reaches it from a + bc
+    let merges = [("b", "c"), ("a", "b"), ("ab", "c")];
+    let plain = build(&merges, &[], 1, false);
+    assert_eq!(text(&plain, &plain.encode("abc").unwrap()), ["a", "bc"]);
+    let whole = build(&merges, &[], 1, true);
+    assert_eq!(text(&whole, &whole.encode("abc").unwrap()), ["abc"]);
+    // a piece that is not a whole token still goes through the merges
+    assert_eq!(
+        text(&whole, &whole.encode("abcabc").unwrap()),
+        ["a", "bc", "a", "bc"]
+    );
+}
+
+#[test]
+fn added_tokens_leftmost_then_longest() {
+    let bpe = build(&[], &["<a>", "<a><b>", "<b>", "b>xy"], 1, false);
+    let ids = |s: &str| bpe.encode(s).unwrap();
+    // longest at the same position
+    assert_eq!(ids("<a><b>"), [1001]);
+    // leftmost wins over a longer match that starts later
+    assert_eq!(ids("<b>xy"), [1002, b'x' as u32, b'y' as u32]);
+    assert_eq!(ids("-b>xy"), [b'-' as u32, 1003]);
+    assert_eq!(ids("x<a><a><b>"), [b'x' as u32, 1000, 1001]);
+    // adjacent tokens, text between and around
+    assert_eq!(ids("<b><b>"), [1002, 1002]);
+    assert_eq!(ids("<a"), [b'<' as u32, b'a' as u32]);
+    // a partial token is plain text, split by the pre-tokenizer on its own side of a token
+    assert_eq!(text(&bpe, &ids("a<<b>b")), ["a", "<", "<b>", "b"]);
+    assert_eq!(ids(""), Vec::<u32>::new());
+}
+
+#[test]
+fn added_tokens_with_many_first_bytes() {
+    // one to five distinct first bytes (memchr, memchr2, memchr3, then a table)
+    let all = ["<a>", "[b]", "{c}", "(d)", "x!"];
+    for n in 1..=all.len() {
+        let bpe = build(&[], &all[..n], 1, false);
+        let text = "x [b] (d) <a>x!{c} [";
+        let mut want = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            match all[..n].iter().position(|t| rest.starts_with(t)) {
+                Some(k) => {
+                    want.push(1000 + k as u32);
+                    rest = &rest[all[k].len()..];
+                }
+                None => {
+                    want.push(u32::from(rest.as_bytes()[0]));
+                    rest = &rest[1..];
+                }
+            }
+        }
+        assert_eq!(bpe.encode(text).unwrap(), want, "{n} added tokens");
+    }
+}
+
+#[test]
+fn added_tokens_split_before_pre_tokenizing() {
+    let bpe = build(&[(" ", " "), (" ", "y")], &["<x>"], 1, false);
+    // without the added token "  <x>" would be " " + " <x>"; with it, "  " is a segment
+    assert_eq!(
+        text(&bpe, &bpe.encode("  <x>  y").unwrap()),
+        ["  ", "<x>", " ", " y"]
+    );
+}
+
+#[test]
+fn non_ascii_text_is_refused() {
+    let bpe = build(&[], &["<é>"], 1, false);
+    assert_eq!(bpe.encode("café"), None);
+    assert_eq!(bpe.encode("<é>"), None);
+    assert!(bpe.encode("cafe").is_some());
+}
+
+#[test]
+fn digits_follow_max_digits() {
+    let merges = [("1", "2"), ("12", "3")];
+    let one = build(&merges, &[], 1, false);
+    assert_eq!(
+        text(&one, &one.encode("1234").unwrap()),
+        ["1", "2", "3", "4"]
+    );
+    let three = build(&merges, &[], 3, false);
+    assert_eq!(text(&three, &three.encode("1234").unwrap()), ["123", "4"]);
+}
+
+#[test]
+fn long_pieces_and_the_cache() {
+    let bpe = build(&[("\n", "\n"), ("\n\n", "\n\n")], &[], 1, false);
+    let long = "\n".repeat(100_001);
+    let ids = bpe.encode(&long).unwrap();
+    assert_eq!(ids.len(), 25_001);
+    assert_eq!(bpe.cached_pieces(), 0, "long pieces are not cached");
+    let words: String = (0..70_000u32)
+        .map(|k| {
+            let w: String = (0..4)
+                .map(|d| (b'a' + (k / 26u32.pow(d) % 26) as u8) as char)
+                .collect();
+            format!(" {w}")
+        })
+        .collect();
+    let first = bpe.encode(&words).unwrap();
+    assert!(bpe.cached_pieces() <= MAX_CACHED_PIECES);
+    assert!(bpe.cached_pieces() > 0);
+    assert_eq!(bpe.encode(&words).unwrap(), first);
+}
+
+#[test]
+fn decode_as_the_byte_level_decoder() {
+    let mut vocab: Vec<(String, u32)> = (0..=255u8)
+        .map(|b| (byte_char(b).to_string(), b as u32))
+        .collect();
+    vocab.push(("Ġhi".into(), 300));
+    vocab.push(("a b".into(), 301)); // a space is outside the alphabet: decoded as it is
+    vocab.push(("Ġé".into(), 302)); // all in the alphabet: " " + byte 0xE9
+    let added = vec![
+        ("<|end|>".to_owned(), 400),
+        ("né".to_owned(), 401),    // in the alphabet: "n" + byte 0xE9
+        ("x ▁".to_owned(), 402),   // outside it: the UTF-8 text
+        ("Ġover".to_owned(), 300), // an added token replaces the vocabulary's token
+    ];
+    let bpe = AsciiBpe::new(Spec {
+        vocab,
+        merges: Vec::<(String, String)>::new(),
+        added,
+        max_digits: 1,
+        ignore_merges: false,
+    })
+    .unwrap();
+    assert_eq!(bpe.decode_bytes(&[300, 32, 301]).unwrap(), b" over a b");
+    assert_eq!(bpe.decode_bytes(&[302, 401]).unwrap(), b" \xe9n\xe9");
+    assert_eq!(
+        bpe.decode_bytes(&[402, 400]).unwrap(),
+        "x ▁<|end|>".as_bytes()
+    );
+    assert_eq!(bpe.decode_bytes(&[0xc3, 0xa9]).unwrap(), "é".as_bytes());
+    assert_eq!(bpe.decode_bytes(&[299]), None);
+    assert_eq!(bpe.decode_bytes(&[1 << 30]), None);
+    assert_eq!(bpe.decode_bytes(&[]).unwrap(), b"");
+
+    assert!(bpe.spells(&[300, 400], " over<|end|>"));
+    assert!(!bpe.spells(&[300], " over<|end|>"));
+    // unknown ids are skipped, as tokenizers does
+    assert!(bpe.spells(&[299, 300, 5000], " over"));
+    // invalid UTF-8 compares as tokenizers' lossy string
+    assert!(bpe.spells(&[0xc3], "\u{fffd}"));
+    assert!(bpe.spells(&[302], " \u{fffd}"));
+    assert!(!bpe.spells(&[0xc3], ""));
+    assert!(bpe.spells(&[], ""));
+}
+
+#[test]
+fn build_errors() {
+    let vocab = |n: u8| -> Vec<(String, u32)> {
+        (0..n)
+            .map(|b| (byte_char(b).to_string(), b as u32))
+            .collect()
+    };
+    let spec = |vocab, merges: Vec<(String, String)>, added: Vec<(String, u32)>, max_digits| Spec {
+        vocab,
+        merges,
+        added,
+        max_digits,
+        ignore_merges: false,
+    };
+    let err = |s| AsciiBpe::new(s).err().unwrap();
+    assert_eq!(
+        err(spec(vocab(100), vec![], vec![], 1)),
+        BuildError::MissingByte(100)
+    );
+    assert_eq!(
+        err(spec(vocab(128), vec![("a".into(), "b".into())], vec![], 1)),
+        BuildError::MergeOutOfVocab {
+            index: 0,
+            token: "ab".into()
+        }
+    );
+    assert_eq!(
+        err(spec(vocab(128), vec![("a".into(), "zz".into())], vec![], 1)),
+        BuildError::MergeOutOfVocab {
+            index: 0,
+            token: "zz".into()
+        }
+    );
+    assert_eq!(
+        err(spec(vocab(128), vec![], vec![(String::new(), 7)], 1)),
+        BuildError::EmptyAddedToken(7)
+    );
+    assert_eq!(
+        err(spec(vocab(128), vec![], vec![], 0)),
+        BuildError::ZeroDigits
+    );
+    assert!(err(spec(vocab(0), vec![], vec![], 1))
+        .to_string()
+        .contains("byte 0x00"));
+}
