@@ -1307,14 +1307,16 @@ class App:
             if p.logprobs:
                 lp = {"content": chat_logprobs(ch.logprob_meta(), 0, p.top_logprobs), "refusal": None}
             out_choices.append({"index": ch.index, "message": message, "logprobs": lp, "finish_reason": fr})
-        for ch in choices:
-            self._record(prompt, text, ch, served[ch.index], p.logprobs)
         usage = (prompt_tokens, cached, completion)
         self._observe("chat", ex, None, None, 0, usage)
-        return await self._send_json(ex, {
-            "id": cid, "object": "chat.completion", "created": created, "model": p.model,
-            "choices": out_choices, "usage": usage_obj(prompt_tokens, completion, cached),
-        }, worker=served.get(0))
+        try:
+            return await self._send_json(ex, {
+                "id": cid, "object": "chat.completion", "created": created, "model": p.model,
+                "choices": out_choices, "usage": usage_obj(prompt_tokens, completion, cached),
+            }, worker=served.get(0))
+        finally:  # recorded after the answer went out: the client does not wait for the cache
+            for ch in choices:
+                self._record(prompt, text, ch, served[ch.index], p.logprobs)
 
     async def _chat_stream(self, ex, creq, text, prompt, ids, ctx, cid, created) -> int:
         p = creq.params
@@ -1658,13 +1660,16 @@ class App:
             if p.logprobs:
                 lp = completion_logprobs(ch.logprob_meta(), 0, p.top_logprobs, len(echo))
             out.append({"text": echo + ch.text, "index": ch.index, "logprobs": lp, "finish_reason": ch.finish or "stop"})
-            prompt, ptext, _ids, _ctx = prompts[pi]
-            self._record(prompt, ptext, ch, served[ch.index], p.logprobs)
         self._observe("completions", ex, None, None, 0, (pt, cached, ct))
-        return await self._send_json(ex, {
-            "id": cid, "object": "text_completion", "created": created, "model": p.model,
-            "choices": out, "usage": usage_obj(pt, ct, cached),
-        }, worker=served.get(0))
+        try:
+            return await self._send_json(ex, {
+                "id": cid, "object": "text_completion", "created": created, "model": p.model,
+                "choices": out, "usage": usage_obj(pt, ct, cached),
+            }, worker=served.get(0))
+        finally:  # recorded after the answer went out: the client does not wait for the cache
+            for ch, (_k, pi, _r, _b, _c) in zip(choices, jobs, strict=True):
+                prompt, ptext, _ids, _ctx = prompts[pi]
+                self._record(prompt, ptext, ch, served[ch.index], p.logprobs)
 
     # ------------------------------------------------------------------ /generate (SGLang passthrough)
     async def generate(self, ex: Exchange) -> int:
