@@ -242,3 +242,56 @@ def test_large_body_with_flow_control_then_reuse():
             await c.close()
 
     run(main())
+
+
+def test_wait_readable_times_out_then_sees_data_and_the_end():
+    """wait_readable: False after the timeout while nothing came (nothing consumed), True once bytes, the end
+    of the body or an error is there; readany() then returns them."""
+    release = asyncio.Event()
+
+    async def handler(srv, reader, writer):
+        await srv.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await release.wait()
+        writer.write(b"5\r\nhello\r\n0\r\n\r\n")
+        await writer.drain()
+
+    async def main():
+        async with Scripted(handler) as srv:
+            client = HttpClient()
+            resp = await client.post(srv.url + "/x", b"{}")
+            t0 = asyncio.get_running_loop().time()
+            assert await resp.wait_readable(0.05) is False
+            assert asyncio.get_running_loop().time() - t0 >= 0.04
+            release.set()
+            assert await resp.wait_readable(5) is True
+            assert await resp.readany() == b"hello"
+            assert await resp.wait_readable(5) is True  # the end
+            assert await resp.readany() == b""
+            resp.release()
+            await client.close()
+
+    run(main())
+
+
+def test_wait_readable_reports_a_lost_connection():
+    async def handler(srv, reader, writer):
+        await srv.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+        writer.transport.abort()
+
+    async def main():
+        async with Scripted(handler) as srv:
+            client = HttpClient()
+            resp = await client.post(srv.url + "/x", b"{}")
+            assert await resp.wait_readable(5) is True
+            assert await resp.readany() == b"partial"
+            assert await resp.wait_readable(5) is True
+            with pytest.raises(UpstreamError):
+                await resp.readany()
+            resp.close()
+            await client.close()
+
+    run(main())

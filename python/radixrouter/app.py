@@ -992,9 +992,11 @@ class App:
 
     async def _next_chunk(self, ex: Exchange, w: Worker, content, deadline: float, sse: bool) -> bytes:
         """The worker's next bytes; while waiting for the first token, keep-alive frames (which start the
-        response) go out every `keepalive_interval`, and the first-token deadline applies."""
+        response) go out every `keepalive_interval`, and the first-token deadline applies. radixrouter's own
+        client waits with a timer (`wait_readable`); another client's read runs in a Task."""
         loop = asyncio.get_running_loop()
-        task = loop.create_task(content.readany())
+        timed = getattr(content, "wait_readable", None)
+        task = None if timed is not None else loop.create_task(content.readany())
         try:
             while True:
                 remaining = deadline - loop.time()
@@ -1002,15 +1004,20 @@ class App:
                     raise UpstreamFailure(
                         ApiError(504, f"worker {w.url} sent no token within {self.config.first_token_timeout} s",
                                  code="upstream_timeout"), True)
-                done, _ = await asyncio.wait((task,), timeout=min(self.config.keepalive_interval, remaining))
-                if done:
-                    return task.result()
+                wait = min(self.config.keepalive_interval, remaining)
+                if timed is not None:
+                    if await timed(wait):
+                        return await content.readany()
+                else:
+                    done, _ = await asyncio.wait((task,), timeout=wait)
+                    if done:
+                        return task.result()
                 if sse and loop.time() < deadline:
                     if not ex.started:
                         await self._start_sse(ex, w)
                     await ex.send(_body(_KEEPALIVE, True))
         finally:
-            if not task.done():
+            if task is not None and not task.done():
                 task.cancel()
 
     async def _events(self, ex: Exchange, w: Worker, content, dec, first: bool, deadline: float, retryable: bool,

@@ -81,6 +81,11 @@ class _Conn(asyncio.Protocol):
         pass
 
 
+def _wake(w: asyncio.Future) -> None:
+    if not w.done():
+        w.set_result(None)
+
+
 class Response:
     """One response: `status`, `headers` (lower-case names), `await read()`, `await readany()` (b"" at
     the end), `release()` (back to the pool when complete) and `close()`."""
@@ -356,6 +361,20 @@ class Response:
                 await w
             finally:
                 self._waiter = None
+
+    async def wait_readable(self, timeout: float) -> bool:
+        """Wait at most `timeout` seconds for `readany()` to have something to return (bytes, the end or an
+        error) without taking it; whether it has. A timer on the read waiter, no Task."""
+        if self._chunks or self._error is not None or self._state == _DONE:
+            return True
+        self._waiter = w = self._client._loop.create_future()
+        timer = self._client._loop.call_later(timeout, _wake, w)
+        try:
+            await w
+        finally:
+            timer.cancel()
+            self._waiter = None
+        return bool(self._chunks) or self._error is not None or self._state == _DONE
 
     async def read(self) -> bytes:
         parts = []
