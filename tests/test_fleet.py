@@ -510,3 +510,20 @@ def test_flags_reject_bad_session_and_breaker_values():
         timeout=60,
     )
     assert p.returncode == 2 and "--breaker-cooldown" in p.stderr
+
+
+def test_client_gone_before_the_worker_request_leaves_nothing_running(slow_worker):
+    """The client closes the connection right after sending: the router's disconnect watch is set up only
+    once the request to the worker is written, so the departure may come before it. Granian reports it
+    then too; the worker's request (prefill of a 100-token prompt: 5 s) is aborted or never sent."""
+    w = slow_worker
+    w.reset()
+    with RouterProcess([w.url], health_check_interval=60) as router:
+        for i in range(5):
+            rid = f"rid-gone-{i}"
+            sock = _raw_request(router.url, "/generate", {
+                "text": "word " * 100, "rid": rid, "sampling_params": {"max_new_tokens": 400, "ignore_eos": True}})
+            sock.close()
+            time.sleep(0.5)  # a request that reached the worker and was not aborted runs for 5 s
+            st = w.stats()
+            assert st["running_requests"] == 0 and st["waiting"] == 0, f"{rid} still on the worker: {st}"
