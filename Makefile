@@ -57,6 +57,10 @@ bench: build-prod ## micro-benchmarks (pytest-benchmark; Rust <-> Python boundar
 fuzz: build-prod ## a longer bounded fuzz run of the SSE decoder (FUZZ_SECONDS, default 120)
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-120} $(PY) -m pytest -q tests/test_sse_fuzz.py -p no:cacheprovider --timeout 0
 
+.PHONY: soak
+soak: build-prod ## mixed load for SOAK_SECONDS (default 60): memory per request, nothing left running, no errors
+	$(PY) benches/soak.py $${SOAK_SECONDS:-60}
+
 .PHONY: wheel
 wheel: venv ## build the release abi3 wheel into dist/
 	$(BIN)/maturin build -q --release -o dist
