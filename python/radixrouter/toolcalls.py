@@ -985,14 +985,18 @@ class ToolChoice:
         return self.mode != "none"
 
 
+_NONE = ToolChoice("none")
+_AUTO = ToolChoice("auto")
+
+
 def validate_tool_choice(tool_choice: Any, tools: Sequence[Mapping[str, Any]] | None) -> ToolChoice:
     """Check ``tool_choice`` against the (validated) ``tools``; raises :class:`ToolRequestError`.
 
     Default as OpenAI: ``auto`` when tools are given, ``none`` otherwise.
     """
-    names = [t["function"]["name"] for t in tools or ()]
     if tool_choice is None:
-        return ToolChoice("auto" if names else "none")
+        return _AUTO if tools else _NONE
+    names = [t["function"]["name"] for t in tools or ()]
     if isinstance(tool_choice, str):
         if tool_choice not in ("none", "auto", "required"):
             raise ToolRequestError(
