@@ -422,7 +422,7 @@ class ChatTokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; special-token text is recognized, no BOS/EOS is added."""
         fast = self._ascii
-        if fast is not None and text.isascii():
+        if fast is not None:
             ids = fast.encode(text)
             if ids is not None:
                 return ids
@@ -614,10 +614,14 @@ class _AsciiEncoder:
             or bl.get("add_prefix_space")
         ):
             return None
+        normalizer: str | None = None  # for ByteLevelBpe: None, "NFC", or another one (ASCII text only)
         if norm is not None:
             norms = norm.get("normalizers") if norm.get("type") == "Sequence" else [norm]
-            if not all(isinstance(n, dict) and n.get("type") in _UNICODE_NORMALIZERS for n in norms or ()):
+            types = [n.get("type") if isinstance(n, dict) else None for n in norms or ()]
+            if not all(t in _UNICODE_NORMALIZERS for t in types):
                 return None
+            if types:
+                normalizer = "NFC" if all(t == "NFC" for t in types) else next(t for t in types if t != "NFC")
         if model.get("type") != "BPE" or model.get("dropout") or tok.encode_special_tokens:
             return None
         added: dict[str, int] = {}
@@ -629,6 +633,7 @@ class _AsciiEncoder:
             "Hello, world! It's 3.14 o'clock\n\n  x\ty  \r\n",
             " a  b   c\n \n\n\t\x0b\x0c\x1c\x00\x7f END'LL 'S's 12345 __init__() {x: [1, 2]} <tag/> ",
             "''s 'Re 've\r\n\r\n  !!\n\n  1234567 x99 \x1f\x1ca\x0bb   ",
+            "你好，世界！这是一个测试。\n\n  Привет, мир 'ſ ١٢٣ １２３ x\u3000y\u00a0z\u2028 é e\u0301 🙂🙂 ",
             *(f"a{c}b {c} {c}{c}\n" for c in added),
         ]
 
@@ -653,6 +658,7 @@ class _AsciiEncoder:
                     added,
                     max_digits=max_digits,
                     ignore_merges=bool(model.get("ignore_merges")),
+                    normalizer=normalizer,
                 )
             except (KeyError, TypeError, ValueError):
                 bpe = None  # an unfamiliar model: the regex path below
@@ -670,6 +676,8 @@ class _AsciiEncoder:
         return enc if verified(enc) else None
 
     def encode(self, text: str) -> list[int] | None:
+        if not text.isascii():
+            return None  # the regex is translated for ASCII text only
         ids: list[int] = []
         pos = 0
         if self._added_re is not None:
