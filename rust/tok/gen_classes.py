@@ -26,7 +26,8 @@ def ranges(pattern: str) -> list[tuple[int, int]]:
     return out
 
 
-def main() -> None:
+def render() -> str:
+    """The text of classes.rs."""
     import tokenizers
 
     rows = sorted([(a, b, "LETTER") for a, b in ranges(r"\p{L}+")] + [(a, b, "DIGIT") for a, b in ranges(r"\p{N}+")])
@@ -49,8 +50,11 @@ def main() -> None:
             row = "   "
         row += item
     lines += [row, "];", ""]
-    Path(__file__).with_name("classes.rs").write_text("\n".join(lines))
-    print(f"{len(rows)} ranges")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    Path(__file__).with_name("classes.rs").write_text(render())
 
 
 if __name__ == "__main__":
