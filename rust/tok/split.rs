@@ -284,6 +284,82 @@ mod tests {
         assert_eq!(split(" \x1c", 1), [" \x1c"]);
     }
 
+    // The expectations below are tokenizers' own pieces (`pre_tokenize_str`) for these texts.
+
+    #[test]
+    fn cjk_and_fullwidth_punctuation() {
+        assert_eq!(split("你好，世界！", 1), ["你好", "，世界", "！"]);
+        // one leading non-letter of any kind: ideographic space, no-break space
+        assert_eq!(
+            split("\u{3000}中文 \u{a0}ab", 1),
+            ["\u{3000}中文", " ", "\u{a0}ab"]
+        );
+        assert_eq!(split("Ёлка's", 1), ["Ёлка", "'s"]);
+    }
+
+    #[test]
+    fn numbers_of_any_script() {
+        let arabic = "\u{661}\u{662}\u{663} \u{661}\u{662}\u{663}\u{664}";
+        assert_eq!(split(arabic, 1).len(), 8);
+        assert_eq!(
+            split(arabic, 3),
+            [
+                "\u{661}\u{662}\u{663}",
+                " ",
+                "\u{661}\u{662}\u{663}",
+                "\u{664}"
+            ]
+        );
+        // fullwidth digits, a vulgar fraction and a Roman numeral are all \p{N}
+        assert_eq!(split("１２３４½Ⅻ", 1), ["１", "２", "３", "４", "½", "Ⅻ"]);
+        assert_eq!(split("１２３４½Ⅻ", 3), ["１２３", "４½Ⅻ"]);
+    }
+
+    #[test]
+    fn unicode_white_space() {
+        assert_eq!(
+            split("a\u{3000}\u{3000}b", 1),
+            ["a", "\u{3000}", "\u{3000}b"]
+        );
+        assert_eq!(split("a\u{a0}\n b", 1), ["a", "\u{a0}\n", " b"]);
+        // U+2028 / U+2029 are white space but not [\r\n]
+        assert_eq!(
+            split("a\u{2028}\nb\u{2029}", 1),
+            ["a", "\u{2028}\n", "b", "\u{2029}"]
+        );
+        assert_eq!(split("x\u{3000} \u{3000}", 1), ["x", "\u{3000} \u{3000}"]);
+        assert_eq!(split("x \u{3000}!", 1), ["x", " ", "\u{3000}", "!"]);
+        assert_eq!(split("\u{85}\u{85}x", 1), ["\u{85}", "\u{85}x"]);
+        // zero width space and the information separators are not white space
+        assert_eq!(split("a\u{200b}b\x1cc", 1), ["a", "\u{200b}b", "\x1cc"]);
+    }
+
+    #[test]
+    fn contraction_with_long_s() {
+        // U+017F folds to 's'; fullwidth S does not
+        assert_eq!(split("'ſ 'ſt 'ＳＳ", 1), ["'ſ", " '", "ſt", " '", "ＳＳ"]);
+        assert_eq!(split("x'ſt", 1), ["x", "'ſ", "t"]);
+    }
+
+    #[test]
+    fn marks_and_emoji_are_neither_letters_nor_numbers() {
+        assert_eq!(split("e\u{301} नमस्ते", 1), ["e", "\u{301}", " नमस", "्त", "े"]);
+        assert_eq!(split("🙂👍🏽 🙂x", 1), ["🙂👍🏽", " 🙂", "x"]);
+    }
+
+    #[test]
+    fn class_table() {
+        assert_eq!(class_of(0x4E2D), LETTER); // 中
+        assert_eq!(class_of(0xFF10), DIGIT); // fullwidth 0
+        assert_eq!(class_of(0x2028), SPACE);
+        assert_eq!(class_of(0x0301), 0); // combining acute
+        assert_eq!(class_of(0x1F642), 0); // emoji
+        assert_eq!(class_of(0x10FFFF), 0);
+        for w in RANGES.windows(2) {
+            assert!(w[0].0 <= w[0].1 && w[0].1 < w[1].0);
+        }
+    }
+
     #[test]
     fn pieces_tile_the_text() {
         let s: String = (0..=0x3100u32)
