@@ -423,7 +423,10 @@ class ChatTokenizer:
         """Token ids of ``text``; special-token text is recognized, no BOS/EOS is added."""
         fast = self._ascii
         if fast is not None:
-            ids = fast.encode(text)
+            try:
+                ids = fast.encode(text)
+            except UnicodeEncodeError:
+                raise ValueError("the text is not valid Unicode (it has lone surrogates)") from None
             if ids is not None:
                 return ids
         # `encode_batch_fast` skips the char offsets `encode` computes (about 15% of the cost of a prompt;

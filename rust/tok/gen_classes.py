@@ -40,7 +40,7 @@ def render() -> str:
         "use super::split::{DIGIT, LETTER};",
         "",
         "#[rustfmt::skip]",
-        "pub static RANGES: &[(u32, u32, u8)] = &[",
+        "pub const RANGES: &[(u32, u32, u8)] = &[",
     ]
     row = "   "
     for a, b, cls in rows:

@@ -20,10 +20,13 @@ use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::sync::Mutex;
 
-/// Pieces up to this many bytes are cached.
-const MAX_CACHED_PIECE: usize = 64;
-/// The cache is cleared when it reaches this many pieces.
+/// Pieces up to this many bytes are cached (as tokenizers' own cache; a run of CJK text
+/// without punctuation is one piece, often longer than 64 bytes).
+const MAX_CACHED_PIECE: usize = 256;
+/// The cache is cleared when it reaches this many pieces, or this many bytes of pieces
+/// and ids.
 const MAX_CACHED_PIECES: usize = 1 << 16;
+const MAX_CACHED_BYTES: usize = 4 << 20;
 
 const fn printable(b: usize) -> bool {
     matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF)
@@ -154,8 +157,12 @@ pub struct Bpe {
     cache: Mutex<PieceCache>,
 }
 
-/// Piece bytes -> ids.
-type PieceCache = HashMap<Box<[u8]>, Box<[u32]>>;
+/// Piece bytes -> ids, and the bytes they take.
+#[derive(Default)]
+struct PieceCache {
+    map: HashMap<Box<[u8]>, Box<[u32]>>,
+    bytes: usize,
+}
 
 const ABSENT: (u32, u32) = (0, u32::MAX);
 
@@ -268,7 +275,7 @@ impl Bpe {
             normalizer: spec.normalizer,
             spans,
             bytes,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(PieceCache::default()),
         })
     }
 
@@ -322,7 +329,11 @@ impl Bpe {
 
     /// Number of pieces in the cache.
     pub fn cached_pieces(&self) -> usize {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .len()
     }
 
     /// Appends the ids of the text between two added tokens, or gives None if the normalizer
@@ -342,18 +353,21 @@ impl Bpe {
                 ids.push(self.byte_ids[*byte as usize]);
                 continue;
             }
-            if let Some(got) = cache.get(piece) {
+            if let Some(got) = cache.map.get(piece) {
                 ids.extend_from_slice(got);
                 continue;
             }
             let start = ids.len();
             self.bpe(piece, ids);
             if piece.len() <= MAX_CACHED_PIECE {
-                if cache.len() >= MAX_CACHED_PIECES {
-                    cache.clear();
+                let got = &ids[start..];
+                if cache.map.len() >= MAX_CACHED_PIECES || cache.bytes >= MAX_CACHED_BYTES {
+                    cache.map.clear();
+                    cache.bytes = 0;
                 }
-                if let Entry::Vacant(e) = cache.entry(Box::from(piece)) {
-                    e.insert(Box::from(&ids[start..]));
+                if let Entry::Vacant(e) = cache.map.entry(Box::from(piece)) {
+                    cache.bytes += piece.len() + 4 * got.len();
+                    e.insert(Box::from(got));
                 }
             }
         }

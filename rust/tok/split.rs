@@ -52,13 +52,43 @@ const fn classes() -> [u8; 128] {
 
 static CLASS: [u8; 128] = classes();
 
-/// The class of a non-ASCII code point.
-pub fn class_of(cp: u32) -> u8 {
-    if matches!(
+/// `\s` beyond ASCII: Unicode White_Space.
+const fn is_unicode_space(cp: u32) -> bool {
+    matches!(
         cp,
         0x85 | 0xA0 | 0x1680 | 0x2000..=0x200A | 0x2028 | 0x2029 | 0x202F | 0x205F | 0x3000
-    ) {
-        return SPACE;
+    )
+}
+
+/// The classes of the Basic Multilingual Plane, two bits per code point (0: other,
+/// 1: LETTER, 2: DIGIT, 3: SPACE), from [`RANGES`].
+static BMP: [u8; 0x4000] = {
+    let mut t = [0u8; 0x4000];
+    let mut k = 0;
+    while k < RANGES.len() {
+        let (first, last, class) = RANGES[k];
+        let mut cp = first;
+        while cp <= last && cp < 0x10000 {
+            t[(cp >> 2) as usize] |= class << ((cp & 3) * 2);
+            cp += 1;
+        }
+        k += 1;
+    }
+    let mut cp = 0x80;
+    while cp < 0x10000 {
+        if is_unicode_space(cp) {
+            t[(cp >> 2) as usize] |= 3 << ((cp & 3) * 2);
+        }
+        cp += 1;
+    }
+    t
+};
+
+/// The class of a non-ASCII code point.
+pub fn class_of(cp: u32) -> u8 {
+    if cp < 0x10000 {
+        const CLASSES: [u8; 4] = [0, LETTER, DIGIT, SPACE];
+        return CLASSES[(BMP[(cp >> 2) as usize] >> ((cp & 3) * 2) & 3) as usize];
     }
     let k = RANGES.partition_point(|&(_, last, _)| last < cp);
     match RANGES.get(k) {
@@ -355,6 +385,16 @@ mod tests {
         assert_eq!(class_of(0x0301), 0); // combining acute
         assert_eq!(class_of(0x1F642), 0); // emoji
         assert_eq!(class_of(0x10FFFF), 0);
+        // the BMP table and the ranges agree
+        for cp in 0x80..0x10000 {
+            let k = RANGES.partition_point(|&(_, last, _)| last < cp);
+            let want = match RANGES.get(k) {
+                Some(&(first, _, class)) if first <= cp => class,
+                _ if is_unicode_space(cp) => SPACE,
+                _ => 0,
+            };
+            assert_eq!(class_of(cp), want, "U+{cp:04X}");
+        }
         for w in RANGES.windows(2) {
             assert!(w[0].0 <= w[0].1 && w[0].1 < w[1].0);
         }

@@ -253,6 +253,19 @@ fn long_pieces_and_the_cache() {
     assert!(bpe.cached_pieces() <= MAX_CACHED_PIECES);
     assert!(bpe.cached_pieces() > 0);
     assert_eq!(bpe.encode(&words).unwrap(), first);
+    // pieces up to 256 bytes are cached, within a budget of bytes: 6,000 distinct pieces of
+    // 200 bytes, 1,000 bytes each with their 200 ids, fill it about one and a half times
+    let fresh = build(&[], &[], 1, false);
+    let long: String = (0..6000u32)
+        .flat_map(|k| {
+            let piece = (0..65).map(move |j| char::from_u32(0x4e00 + (k * 3 + j) % 20000));
+            std::iter::once(Some(' ')).chain(piece).flatten()
+        })
+        .collect();
+    fresh.encode(&long).unwrap();
+    // each piece: " " + 65 CJK characters, 196 bytes and 196 ids
+    let n = fresh.cached_pieces();
+    assert!(n > 1000 && n * 980 <= MAX_CACHED_BYTES + 980, "{n} pieces");
 }
 
 #[test]
