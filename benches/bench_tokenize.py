@@ -38,7 +38,6 @@ from loadgen import WORDS, words  # noqa: E402
 from radixrouter._core import ByteLevelBpe  # noqa: E402
 from radixrouter.tokenizer import ChatTokenizer, _AsciiEncoder  # noqa: E402
 
-
 _ZH_WORDS = (
     "我们 你们 他们 今天 明天 昨天 时间 问题 可以 没有 什么 这个 那个 因为 所以 但是 如果 已经 还是 现在 "
     "工作 学习 生活 朋友 老师 学生 中国 世界 城市 国家 公司 经济 社会 文化 历史 技术 发展 研究 系统 数据 "
@@ -52,7 +51,9 @@ SETS = ["English", "Chinese", "mixed"]
 
 
 def _chinese(rng: random.Random, n: int) -> str:
-    return "".join(rng.choice(_ZH_WORDS) + (rng.choice(_ZH_PUNCT) if rng.random() < 0.25 else "") for _ in range(n))
+    return "".join(
+        rng.choice(_ZH_WORDS) + (rng.choice(_ZH_PUNCT) if rng.random() < 0.25 else "") for _ in range(n)
+    )
 
 
 def _mixed(rng: random.Random) -> str:
@@ -88,7 +89,11 @@ def setup(n_prompts: int = 200) -> dict[str, Any]:
     }
     for name, ps in prompts.items():
         for p in ps:
-            ways = encoders.values() if name == "English" else [f for n, f in encoders.items() if "Python" not in n]
+            ways = (
+                encoders.values()
+                if name == "English"
+                else [f for n, f in encoders.items() if "Python" not in n]
+            )
             assert len({tuple(f(p)) for f in ways}) == 1, p
     im_end = tok.added_tokens["<|im_end|>"]
     outputs = {}

@@ -246,7 +246,8 @@ class ChatTokenizer:
         self.stop_token_ids = stop
         self._token_text: dict[int, str] = {}
         self._byte_level = isinstance(tokenizer.decoder, decoders.ByteLevel)
-        # None unless this tokenizer's pipeline allows it; the Rust ByteLevelBpe for the usual patterns
+        # None unless this tokenizer's pipeline allows it; the Rust ByteLevelBpe (any text) for the usual
+        # patterns, else the Python regex path (ASCII text)
         self._ascii = _AsciiEncoder.build(tokenizer)
         # `spells` without decoding to a str: the same ByteLevelBpe, for a ByteLevel decoder.
         self._bpe = (
@@ -420,7 +421,9 @@ class ChatTokenizer:
         return self._tok
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; special-token text is recognized, no BOS/EOS is added."""
+        """Token ids of ``text``; special-token text is recognized, no BOS/EOS is added. In Rust
+        (``ByteLevelBpe``) for Qwen2/3 / Llama-3-style tokenizers, any text but what their normalizer
+        changes; tokenizers' own encode for the rest."""
         fast = self._ascii
         if fast is not None:
             try:
@@ -565,13 +568,17 @@ class _AsciiEncoder:
     pre-tokenizer's regex (``\\p{L}`` / ``\\p{N}`` are ``[A-Za-z]`` / ``[0-9]`` on ASCII, compiled with
     ``re.ASCII``), map each piece to byte-level characters and run the BPE model on it, with a cache of
     piece -> ids. About 5x cheaper than ``Tokenizer.encode`` on a chat prompt; ``encode`` returns None
-    (the caller falls back to tokenizers) whenever the regex would leave a character to a gap.
+    (the caller falls back to tokenizers) for text that is not ASCII and whenever the regex would leave a
+    character to a gap.
     ``build`` refuses any other pipeline and checks itself against the tokenizer on probe strings.
 
-    For the Qwen2/3 and Llama-3 patterns (``_NATIVE_PATTERNS``) ``build`` returns the same in Rust instead:
-    ``radixrouter._core.ByteLevelBpe``, whose ``encode`` has the same contract (a list of ids, or None for
-    text that is not ASCII) and does the whole encode in one call (about 5x cheaper than this class on a
-    chat prompt)."""
+    For the Qwen2/3 and Llama-3 patterns (``_NATIVE_PATTERNS``) ``build`` returns ``radixrouter._core.
+    ByteLevelBpe`` instead, which does the whole encode in Rust in one call (about 5x cheaper than this class
+    on an English chat prompt) for ANY text, not only ASCII: Unicode letters / numbers / white space as
+    tokenizers' regex engine has them, and the NFC normalizer of Qwen2/3 (told by ``build``). Same contract
+    (a list of ids, or None for the caller to use tokenizers): it returns None only for text that its
+    normalizer would change (with NFC, text between added tokens that is not in NFC: decomposed accents and
+    the like, rare), and, for a tokenizer with an NFD / NFKC / NFKD normalizer, for text that is not ASCII."""
 
     __slots__ = ("_added", "_added_re", "_split", "_model", "_table", "_pieces")
 
@@ -593,7 +600,9 @@ class _AsciiEncoder:
     @classmethod
     def build(cls, tok: Tokenizer, native: bool = True) -> _AsciiEncoder | ByteLevelBpe | None:
         """The fast path for this tokenizer, or None. ``native=False``: this class even where the Rust
-        encoder applies (for comparisons)."""
+        encoder applies (for comparisons). Its ``encode(text)`` gives the ids of ``tok.encode(text,
+        add_special_tokens=False)`` or None (see the class docstring); the probes it is verified on include
+        CJK, Cyrillic and special white space for the Rust encoder."""
         try:
             pre = json.loads(tok.pre_tokenizer.__getstate__()) if tok.pre_tokenizer is not None else None
             norm = json.loads(tok.normalizer.__getstate__()) if tok.normalizer is not None else None
