@@ -18,6 +18,7 @@ Outputs are 16 and 256 tokens of the English words.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -63,6 +64,12 @@ def _mixed(rng: random.Random) -> str:
     return " ".join(parts)
 
 
+def _without_nfc(raw: Any) -> ByteLevelBpe:
+    model = json.loads(raw.model.__getstate__())
+    added = {a.content: i for i, a in raw.get_added_tokens_decoder().items()}
+    return ByteLevelBpe(model["vocab"], model["merges"], added, max_digits=1)
+
+
 @cache
 def setup(n_prompts: int = 200) -> dict[str, Any]:
     tok = ChatTokenizer.qwen3()
@@ -86,6 +93,8 @@ def setup(n_prompts: int = 200) -> dict[str, Any]:
         ),
         "Python _AsciiEncoder.encode": python.encode,
         "Rust ByteLevelBpe.encode": tok._ascii.encode,
+        # the same without the NFC check (normalizer None): what checking costs
+        "  the same, no NFC check": _without_nfc(raw).encode,
     }
     for name, ps in prompts.items():
         for p in ps:
