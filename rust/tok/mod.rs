@@ -18,7 +18,9 @@ pub mod split;
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+
+use unicode_normalization::IsNormalized;
 
 /// Pieces up to this many bytes are cached (as tokenizers' own cache; a run of CJK text
 /// without punctuation is one piece, often longer than 64 bytes).
@@ -165,6 +167,46 @@ struct PieceCache {
 }
 
 const ABSENT: (u32, u32) = (0, u32::MAX);
+
+/// Whether a character leaves any text around it in NFC: canonical combining class 0 and
+/// NFC quick check "yes" (it never composes with what precedes it nor needs reordering).
+fn nfc_inert(c: char) -> bool {
+    unicode_normalization::char::canonical_combining_class(c) == 0
+        && unicode_normalization::is_nfc_quick(std::iter::once(c)) == IsNormalized::Yes
+}
+
+/// [`nfc_inert`] for the Basic Multilingual Plane, one bit per code point.
+fn nfc_inert_bmp() -> &'static [u64; 1024] {
+    static TABLE: OnceLock<Box<[u64; 1024]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Box::new([0u64; 1024]);
+        for c in (0..0x10000).filter_map(char::from_u32) {
+            if nfc_inert(c) {
+                t[c as usize >> 6] |= 1 << (c as u32 & 63);
+            }
+        }
+        t
+    })
+}
+
+/// Whether `text` is in NFC: a table look-up per character for text of inert characters
+/// (all but a few scripts' combining marks), the full check (quick check, then normalizing
+/// if that says "maybe") otherwise.
+fn is_nfc(text: &str) -> bool {
+    if text.is_ascii() {
+        return true;
+    }
+    let bmp = nfc_inert_bmp();
+    let inert = |c: char| {
+        let cp = c as u32;
+        if cp < 0x10000 {
+            cp < 0x300 || bmp[cp as usize >> 6] >> (cp & 63) & 1 != 0
+        } else {
+            nfc_inert(c)
+        }
+    };
+    text.chars().all(inert) || unicode_normalization::is_nfc(text)
+}
 
 /// A token's characters mapped back to bytes, or None if one of them is outside the
 /// byte-level alphabet.
@@ -339,10 +381,7 @@ impl Bpe {
     /// Appends the ids of the text between two added tokens, or gives None if the normalizer
     /// would change it.
     fn segment(&self, seg: &str, cache: &mut PieceCache, ids: &mut Vec<u32>) -> Option<()> {
-        if self.normalizer == Normalizer::Nfc
-            && !seg.is_ascii()
-            && !unicode_normalization::is_nfc(seg)
-        {
+        if self.normalizer == Normalizer::Nfc && !is_nfc(seg) {
             return None;
         }
         let bytes = seg.as_bytes();

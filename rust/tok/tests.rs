@@ -199,6 +199,31 @@ fn non_ascii_text_is_encoded_by_its_utf8_bytes() {
 }
 
 #[test]
+fn nfc_check() {
+    // below U+0300 every character is inert (the check skips the table there)
+    assert!((0..0x300).filter_map(char::from_u32).all(nfc_inert));
+    for (text, nfc) in [
+        ("", true),
+        ("plain ASCII", true),
+        ("中文，テスト、한국어 Ёж 🙂 \u{3000}", true),
+        ("caf\u{e9}", true),
+        ("cafe\u{301}", false),
+        ("\u{b95}\u{bbe}", true),      // Tamil: "maybe", in NFC
+        ("\u{bc6}\u{bbe}", false),     // composes to U+0BCA
+        ("a\u{301}\u{316}", false),    // marks out of canonical order
+        ("a\u{316}\u{301}", false),    // in order, but a + U+0301 compose
+        ("x\u{316}\u{301}", true),     // nothing composes with x
+        ("\u{212b}", false),           // singleton: U+00C5
+        ("\u{1d15e}", false),          // astral composition exclusion
+        ("\u{1f642}\u{1f3fd}", true),  // astral, inert
+        ("\u{11131}\u{11127}", false), // Chakma: composes to U+1112E
+    ] {
+        assert_eq!(is_nfc(text), nfc, "{text:?}");
+        assert_eq!(unicode_normalization::is_nfc(text), nfc, "{text:?}");
+    }
+}
+
+#[test]
 fn nfc_normalizer_refuses_only_text_that_is_not_nfc() {
     let nfc = build_with(&[], &["<x>"], 1, false, Normalizer::Nfc);
     assert_eq!(nfc.encode("caf\u{e9}").unwrap(), bytes_of("caf\u{e9}"));
