@@ -136,3 +136,26 @@ def test_regex_translation() -> None:
         _ascii_regex(r"\p{Han}+")
     with pytest.raises(ValueError):
         _ascii_regex(r"[a[b]]")
+
+
+@pytest.mark.parametrize(
+    ("normalizer", "any_text"),
+    [
+        ({"type": "Sequence", "normalizers": [{"type": "NFC"}]}, True),
+        ({"type": "NFKC"}, False),  # not implemented in Rust: ASCII text only
+        (None, True),
+    ],
+    ids=["sequence-nfc", "nfkc", "none"],
+)
+def test_normalizer_decides_what_rust_encodes(normalizer, any_text) -> None:
+    tok = _variant(lambda s: s.update(normalizer=normalizer))
+    enc = _AsciiEncoder.build(tok)
+    assert isinstance(enc, ByteLevelBpe)
+    for text in ["x 日本語 ｘ²", "e\u0301"]:
+        got = enc.encode(text)
+        want = tok.encode(text, add_special_tokens=False).ids
+        if any_text and (normalizer is None or text != "e\u0301"):
+            assert got == want
+        else:
+            assert got is None
+    assert enc.encode("plain <|im_end|>") == tok.encode("plain <|im_end|>", add_special_tokens=False).ids
