@@ -134,6 +134,7 @@ pub struct Spec {
     pub max_digits: usize,
     /// tokenizers' `ignore_merges`: a piece that is a whole vocabulary token is that token.
     pub ignore_merges: bool,
+    /// The tokenizer's normalizer.
     pub normalizer: Normalizer,
 }
 
@@ -326,10 +327,11 @@ impl Bpe {
     /// are normalized separately, as tokenizers does); with [`Normalizer::AsciiOnly`], text
     /// that is not all ASCII.
     ///
-    /// NFC needs no normalizing table here, only the check: text in NFC by this crate's
-    /// tables (Unicode 16) is left unchanged by tokenizers' older ones (Unicode 9; normalized
-    /// text stays normalized in later versions, and a character an older version does not know
-    /// is an inert starter to it).
+    /// NFC needs no normalizing here, only the check: text in NFC by the tables of the
+    /// `unicode-normalization` crate (Unicode 18) is left unchanged by tokenizers' older ones
+    /// (Unicode 9: normalized text stays normalized in later versions, and a character an
+    /// older version does not know is an inert starter to it). Normalizing would have to
+    /// reproduce tokenizers' Unicode 9 tables instead.
     pub fn encode(&self, text: &str) -> Option<Vec<u32>> {
         let s = text.as_bytes();
         if self.normalizer == Normalizer::AsciiOnly && !s.is_ascii() {
