@@ -1,5 +1,5 @@
-"""CPU time of tokenizing the e2e harness's chat prompts with the Qwen3 tokenizer: tokenizers' own `encode` and
-`encode_batch_fast`, the Python ASCII path (`_AsciiEncoder`, regex + dict of pieces) and the Rust one
+"""CPU time of tokenizing chat prompts with the Qwen3 tokenizer: tokenizers' own `encode` and `encode_batch_fast`,
+the Python ASCII path (`_AsciiEncoder`, regex + dict of pieces; English prompts only) and the Rust one
 (`radixrouter._core.ByteLevelBpe`, what ChatTokenizer.encode uses); and the check PromptBuilder.record makes on a
 worker's output ids (do they spell the output text?), tokenizers' decode + compare against ByteLevelBpe.spells.
 Every way is checked to give the same ids / answers first.
@@ -7,14 +7,18 @@ Every way is checked to give the same ids / answers first.
     .venv/bin/python benches/bench_tokenize.py            # side by side, --prompts 2000 --rounds 5
     .venv/bin/python -m pytest benches/bench_tokenize.py --benchmark-only -p no:randomly
 
-Prompts are what the router tokenizes for `benches/e2e` chat requests: the rendered Qwen3 chat prompt after
-its first token (the prefix cache holds `<|im_start|>`), 40 random words behind a request number. Outputs are
-16 and 256 tokens of the same words.
+Prompts are what the router tokenizes for chat requests: the rendered Qwen3 chat prompt after its first token
+(the prefix cache holds `<|im_start|>`) of a user message that is a request number and
+- English: 40 random words of `benches/e2e` (what its chat requests send);
+- Chinese: 40 random Chinese words with Chinese punctuation (a prompt of about as many tokens);
+- mixed: 10 English words, 10 Chinese words, a Russian phrase, a number, an emoji, in random order.
+Outputs are 16 and 256 tokens of the English words.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -30,10 +34,40 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as `radixrouter serve` sets it
 sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
 
-from loadgen import words  # noqa: E402
+from loadgen import WORDS, words  # noqa: E402
 
 from radixrouter._core import ByteLevelBpe  # noqa: E402
 from radixrouter.tokenizer import ChatTokenizer, _AsciiEncoder  # noqa: E402
+
+_ZH_WORDS = (
+    "我们 你们 他们 今天 明天 昨天 时间 问题 可以 没有 什么 这个 那个 因为 所以 但是 如果 已经 还是 现在 "
+    "工作 学习 生活 朋友 老师 学生 中国 世界 城市 国家 公司 经济 社会 文化 历史 技术 发展 研究 系统 数据 "
+    "模型 语言 计算 网络 服务 用户 代码 程序 文件 信息 方法 结果 需要 希望 觉得 知道 喜欢 重要 简单 复杂 "
+    "快速 安全 天气 北京 上海 吃饭 喝茶 旅行 音乐 电影 图书 春天 夏天 秋天 冬天 山水 河流 大海 森林 动物"
+).split()
+_ZH_PUNCT = ["，", "，", "。", "、", "？", "！", "：", "；"]
+_RU = ["Привет, как дела?", "Спасибо большое!", "Хорошо, давайте начнём."]
+_EMOJI = ["🙂", "👍", "🚀", "❤️", "🎉"]
+SETS = ["English", "Chinese", "mixed"]
+
+
+def _chinese(rng: random.Random, n: int) -> str:
+    return "".join(
+        rng.choice(_ZH_WORDS) + (rng.choice(_ZH_PUNCT) if rng.random() < 0.25 else "") for _ in range(n)
+    )
+
+
+def _mixed(rng: random.Random) -> str:
+    parts = [*rng.sample(WORDS, 10), *rng.sample(_ZH_WORDS, 10), rng.choice(_RU), str(rng.randrange(10**6))]
+    parts.append(rng.choice(_EMOJI))
+    rng.shuffle(parts)
+    return " ".join(parts)
+
+
+def _without_nfc(raw: Any) -> ByteLevelBpe:
+    model = json.loads(raw.model.__getstate__())
+    added = {a.content: i for i, a in raw.get_added_tokens_decoder().items()}
+    return ByteLevelBpe(model["vocab"], model["merges"], added, max_digits=1)
 
 
 @cache
@@ -43,10 +77,15 @@ def setup(n_prompts: int = 200) -> dict[str, Any]:
     python = _AsciiEncoder.build(raw, native=False)
     assert isinstance(python, _AsciiEncoder) and isinstance(tok._ascii, ByteLevelBpe)
     rng = random.Random(1)
-    prompts = [
-        tok.render([{"role": "user", "content": f"{k}: {words(rng, 40)}"}])[len("<|im_start|>") :]
-        for k in range(n_prompts)
-    ]
+    contents = {
+        "English": [f"{k}: {words(rng, 40)}" for k in range(n_prompts)],
+        "Chinese": [f"{k}：{_chinese(rng, 40)}" for k in range(n_prompts)],
+        "mixed": [f"{k}: {_mixed(rng)}" for k in range(n_prompts)],
+    }
+    prompts = {
+        name: [tok.render([{"role": "user", "content": c}])[len("<|im_start|>") :] for c in cs]
+        for name, cs in contents.items()
+    }
     encoders: dict[str, Callable[[str], Any]] = {
         "tokenizers encode(...).ids": lambda t: raw.encode(t, add_special_tokens=False).ids,
         "tokenizers encode_batch_fast([t])": lambda t: (
@@ -54,9 +93,17 @@ def setup(n_prompts: int = 200) -> dict[str, Any]:
         ),
         "Python _AsciiEncoder.encode": python.encode,
         "Rust ByteLevelBpe.encode": tok._ascii.encode,
+        # the same without the NFC check (normalizer None): what checking costs
+        "  the same, no NFC check": _without_nfc(raw).encode,
     }
-    for p in prompts:
-        assert len({tuple(f(p)) for f in encoders.values()}) == 1, p
+    for name, ps in prompts.items():
+        for p in ps:
+            ways = (
+                encoders.values()
+                if name == "English"
+                else [f for n, f in encoders.items() if "Python" not in n]
+            )
+            assert len({tuple(f(p)) for f in ways}) == 1, p
     im_end = tok.added_tokens["<|im_end|>"]
     outputs = {}
     for n in (16, 256):
@@ -86,10 +133,13 @@ ENCODERS = [
 
 
 @pytest.mark.parametrize("name", ENCODERS)
-def test_encode_200_prompts(benchmark, name) -> None:
+@pytest.mark.parametrize("kind", SETS)
+def test_encode_200_prompts(benchmark, kind, name) -> None:
+    if kind != "English" and "Python" in name:
+        pytest.skip("the Python path is for ASCII text")
     s = setup()
-    f, prompts = s["encoders"][name], s["prompts"]
-    benchmark.group = "encode 200 chat prompts (~70 tokens)"
+    f, prompts = s["encoders"][name], s["prompts"][kind]
+    benchmark.group = f"encode 200 {kind} chat prompts"
 
     def run() -> None:
         for p in prompts:
@@ -127,16 +177,20 @@ def main() -> None:
             ts.append((time.process_time() - t0) / n * 1e6)
         return statistics.median(ts)
 
-    n_tokens = sum(len(s["tok"].encode(p)) for p in prompts) / len(prompts)
-    print(
-        f"{len(prompts)} prompts, {n_tokens:.0f} tokens each on average; CPU µs per prompt (median of {args.rounds})"
-    )
-    times = {}
-    for name, f in s["encoders"].items():
-        times[name] = per_call(lambda f=f: [f(p) for p in prompts], len(prompts))
-    base = times["tokenizers encode(...).ids"]
-    for name, m in times.items():
-        print(f"  {name:36s} {m:7.2f} µs   {base / m:5.1f}x")
+    for kind, ps in prompts.items():
+        n_tokens = sum(len(s["tok"].encode(p)) for p in ps) / len(ps)
+        n_chars = sum(map(len, ps)) / len(ps)
+        print(
+            f"{kind}: {len(ps)} prompts, {n_tokens:.0f} tokens / {n_chars:.0f} characters each on average; "
+            f"CPU µs per prompt (median of {args.rounds})"
+        )
+        times = {}
+        for name, f in s["encoders"].items():
+            if kind == "English" or "Python" not in name:
+                times[name] = per_call(lambda f=f, ps=ps: [f(p) for p in ps], len(ps))
+        base = times["tokenizers encode(...).ids"]
+        for name, m in times.items():
+            print(f"  {name:36s} {m:7.2f} µs   {base / m:5.1f}x")
     reps = 20_000
     for n, (ids, text) in s["outputs"].items():
         print(f"output check, {n + 1} ids: CPU µs per check (median of {args.rounds})")

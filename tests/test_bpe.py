@@ -1,16 +1,20 @@
 """radixrouter._core.ByteLevelBpe against Hugging Face tokenizers: encode (Qwen3, and a Llama-3-style variant of it)
-on random ASCII text, decode / spells on random ids, argument errors, and its use by ChatTokenizer / PromptBuilder."""
+on random ASCII and multilingual text, decode / spells on random ids, argument errors, and its use by ChatTokenizer /
+PromptBuilder."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import string
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tokenizers import AddedToken, Tokenizer, decoders
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
 
 from radixrouter._core import ByteLevelBpe
 from radixrouter.tokenizer import (
@@ -47,9 +51,11 @@ _EXTRA = {"12": 151_700, "123": 151_701, "456": 151_702, "Ġxyzzy": 151_703}
 
 @pytest.fixture(scope="module")
 def llama3() -> Tokenizer:
-    """Qwen3's vocabulary with Llama-3's pre-tokenizer pattern (digits in threes) and ignore_merges, as
-    Llama-3's tokenizer.json has (no Llama-3 tokenizer ships in a package we install), plus ``_EXTRA``."""
+    """Qwen3's vocabulary with Llama-3's pre-tokenizer pattern (digits in threes), ignore_merges and no
+    normalizer, as Llama-3's tokenizer.json has (no Llama-3 tokenizer ships in a package we install), plus
+    ``_EXTRA``."""
     spec = _spec()
+    spec["normalizer"] = None
     spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = LLAMA3_PATTERN
     spec["model"]["ignore_merges"] = True
     spec["model"]["vocab"].update(_EXTRA)
@@ -108,6 +114,147 @@ def test_any_ascii_text(qwen, llama3, qwen_bpe, llama3_bpe, text) -> None:
     assert llama3_bpe.encode(text) == llama3.encode(text, add_special_tokens=False).ids
 
 
+# ---- any text ----------------------------------------------------------------------------------------
+
+# Onig's \s beyond ASCII (Unicode White_Space); \x1c-\x1f and U+200B, U+FEFF, U+180E are not white space
+_SPACES = "\x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+_NOT_SPACES = "\x1c\x1d\x1e\x1f\u200b\u180e\ufeff"
+_SCRIPTS = [
+    "你好，世界！这是一个测试。「引用」、还有《书名》……",  # CJK with fullwidth punctuation
+    "日本語のテキストです。カタカナ ｶﾀｶﾅ",
+    "안녕하세요 세계",
+    "Привет, мир! Ёлка ёж",
+    "مرحبا بالعالم، هذا اختبار؟",  # Arabic
+    "नमस्ते दुनिया। क़ ज़",  # Devanagari (nukta: composition-excluded, stays decomposed in NFC)
+    "கா கொ ปลา",  # Tamil vowel signs (NFC quick check "maybe"), Thai
+    "Ελληνικά ΣΊΣΥΦΟΣ",
+    "🙂👍🏽👨‍👩‍👧 🇩🇪 ❤️",  # emoji: modifiers, ZWJ sequences, flags, variation selector
+    "١٢٣٤ ۱۲۳ १२३ １２３ ²³ ½ Ⅻ ⑳",  # digits of other scripts, fullwidth, other numbers (\p{N})
+    "café naïve Ångström ﬁ",  # precomposed
+    "cafe\u0301 nai\u0308ve A\u030angstro\u0308m",  # decomposed: not NFC
+    "a\u0316\u0301 a\u0301\u0316 \u0301x",  # marks in and out of canonical order, a mark first
+    "\u212b \u2126 \u0958 \u1e9b\u0323",  # singletons and composition exclusions (NFC changes them)
+    "a\u1abf\u0301 \xe1\u1abf \u0898 \u0c3c",  # marks newer than tokenizers' NFC tables (Unicode 9)
+    "'ſ 'S 'ſt ſ's 'ＳＳ 'ß 'K 'k \u212a's",  # contractions: U+017F folds to s; fullwidth / Kelvin do not match
+    "\u200b\u200c\u200d\u2060\ufeff\u00ad",  # format characters (not letters, not white space)
+    "\ue000\U000f0000\U0010fffd",  # private use
+]
+_UNICODE_FRAGMENTS = st.one_of(
+    _FRAGMENTS,
+    st.sampled_from(_SCRIPTS).flatmap(lambda t: st.integers(0, len(t)).map(lambda k: t[k : k + 12])),
+    st.text(alphabet=_SPACES + _NOT_SPACES + " \n\r\t", min_size=1, max_size=6),
+    st.text(alphabet=st.characters(exclude_categories=("Cs", "Cn")), max_size=6),
+    st.text(alphabet=st.characters(max_codepoint=0x3000, exclude_categories=("Cs", "Cn")), max_size=6),
+)
+_UNICODE_TEXTS = st.lists(_UNICODE_FRAGMENTS, max_size=24).map("".join)
+
+
+def _segments(text: str) -> list[str]:
+    """The text between added tokens (tokenizers normalizes each apart)."""
+    out, rest = [], text
+    while rest:
+        hits = [(rest.find(t), -len(t), t) for t in _ADDED if t in rest]
+        if not hits:
+            break
+        k, _, t = min(hits)
+        out.append(rest[:k])
+        rest = rest[k + len(t) :]
+    return [*out, rest]
+
+
+def _check_nfc_text(tok: Tokenizer, bpe: ByteLevelBpe, text: str) -> None:
+    got = bpe.encode(text)
+    not_nfc = any(not unicodedata.is_normalized("NFC", seg) for seg in _segments(text))
+    assert (got is None) == not_nfc, text
+    if got is not None:
+        assert got == tok.encode(text, add_special_tokens=False).ids
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_UNICODE_TEXTS)
+def test_qwen3_any_text_equals_tokenizers(qwen, qwen_bpe, text) -> None:
+    """Qwen3 (NFC normalizer): ids equal tokenizers', None exactly where a segment is not in NFC. (The characters
+    are those Python's Unicode tables know, so that its NFC check is the encoder's.)"""
+    _check_nfc_text(qwen, qwen_bpe, text)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_UNICODE_TEXTS)
+def test_llama3_any_text_equals_tokenizers(llama3, llama3_bpe, text) -> None:
+    """No normalizer: every text is encoded, with tokenizers' ids."""
+    assert llama3_bpe.encode(text) == llama3.encode(text, add_special_tokens=False).ids
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=60))
+def test_any_code_points(qwen, llama3, qwen_bpe, llama3_bpe, text) -> None:
+    # every code point, unassigned ones and those newer than Python's tables included
+    assert llama3_bpe.encode(text) == llama3.encode(text, add_special_tokens=False).ids
+    got = qwen_bpe.encode(text)
+    if got is not None:
+        assert got == qwen.encode(text, add_special_tokens=False).ids
+    else:
+        assert not text.isascii()
+
+
+def test_scripts_whole(qwen, llama3, qwen_bpe, llama3_bpe) -> None:
+    for text in [*_SCRIPTS, "".join(_SCRIPTS), "\n\n".join(_SCRIPTS) + "<|im_end|>\n"]:
+        _check_nfc_text(qwen, qwen_bpe, text)
+        assert llama3_bpe.encode(text) == llama3.encode(text, add_special_tokens=False).ids
+    assert qwen_bpe.encode(_SCRIPTS[0]) is not None
+
+
+def test_white_space_is_onigs() -> None:
+    """The white space the scanner knows is exactly what tokenizers' regex engine matches as \\s."""
+    split = pre_tokenizers.Split(Regex(r"\s+"), behavior="removed", invert=True)
+    everything = "".join(chr(c) for c in range(1, 0x110000) if not 0xD800 <= c < 0xE000)
+    found = "".join(everything[a:b] for _, (a, b) in split.pre_tokenize_str(everything))
+    assert found == "\t\n\x0b\x0c\r " + _SPACES
+
+
+@pytest.mark.parametrize("c", [*_SPACES, *_NOT_SPACES])
+def test_special_white_space(qwen, llama3, qwen_bpe, llama3_bpe, c) -> None:
+    for text in [f"a{c}b", f"a{c}{c}b", f"a{c}\n{c}", f"{c}!", f"x {c}1", f"{c}{c}", f"1{c}{c}  z", f"'{c}s"]:
+        _check_nfc_text(qwen, qwen_bpe, text)  # U+2000 / U+2001 are not NFC (they become U+2002 / U+2003)
+        assert llama3_bpe.encode(text) == llama3.encode(text, add_special_tokens=False).ids
+
+
+def test_contraction_case_folding(llama3, llama3_bpe) -> None:
+    """Every character whose case mappings involve a contraction's letters, after an apostrophe (and before an
+    "e" / "l"): onig's case-insensitive match takes U+017F for "s", nothing else beyond ASCII."""
+    candidates = [
+        chr(c)
+        for c in range(0x80, 0x110000)
+        if not 0xD800 <= c < 0xE000
+        and set((chr(c).lower() + chr(c).upper() + chr(c).casefold()).lower()) & set("strevmld")
+    ]
+    assert "ſ" in candidates and "ß" in candidates and "ﬆ" in candidates
+    texts = [t for c in candidates for t in (f"'{c}x", f"'{c}e", f"'{c}l", f"'r{c}", f"'l{c}", f"'v{c}")]
+    text = " ".join(texts)
+    assert llama3_bpe.encode(text) == llama3.encode(text, add_special_tokens=False).ids
+
+
+def test_class_table_is_current() -> None:
+    """rust/tok/classes.rs is what gen_classes.py reads off the installed tokenizers (regenerate if not)."""
+    path = Path(__file__).resolve().parents[1] / "rust" / "tok" / "gen_classes.py"
+    spec = importlib.util.spec_from_file_location("gen_classes", path)
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.render() == path.with_name("classes.rs").read_text()
+
+
+def test_other_normalizers_are_ascii_only(qwen) -> None:
+    model = json.loads(qwen.model.__getstate__())
+    added = {a.content: i for i, a in qwen.get_added_tokens_decoder().items()}
+    for name in ["NFKC"]:  # NFD and NFKD are the same case (one build takes 0.4 s)
+        bpe = ByteLevelBpe(model["vocab"], model["merges"], added, max_digits=1, normalizer=name)
+        assert bpe.encode("naïve") is None and bpe.encode("日本") is None
+        assert bpe.encode("naive<|im_end|>") == qwen.encode("naive<|im_end|>", add_special_tokens=False).ids
+    with pytest.raises(ValueError, match="normalizer must be None"):
+        ByteLevelBpe(model["vocab"], model["merges"], added, max_digits=1, normalizer="Lowercase")
+
+
 _BYTE_CHAR = {b: c for c, b in _byte_alphabet().items()}
 # Short texts: every substring becomes a vocabulary entry below. Added tokens are plain text here (neither
 # pre_tokenize_str nor a ByteLevelBpe without added tokens treats them specially).
@@ -153,10 +300,11 @@ def test_long_and_repetitive_text(qwen, qwen_bpe) -> None:
         assert qwen_bpe.encode(text) == qwen.encode(text, add_special_tokens=False).ids
 
 
-def test_non_ascii_text_is_refused(qwen_bpe) -> None:
-    for text in ["naïve", "日本語", "a\u00a0b", "\x80"]:
-        assert qwen_bpe.encode(text) is None
-    assert qwen_bpe.encode("") == []
+def test_nfc(qwen, qwen_bpe) -> None:
+    for text in ["naïve", "日本語", "a\u00a0b", "\x80", "", "x<|im_end|>\u0301"]:
+        assert qwen_bpe.encode(text) == qwen.encode(text, add_special_tokens=False).ids
+    for text in ["nai\u0308ve", "\u212b", "<|im_end|>e\u0301"]:
+        assert qwen_bpe.encode(text) is None  # NFC changes them: tokenizers' job
 
 
 def test_threads_share_one_encoder(qwen, qwen_bpe) -> None:

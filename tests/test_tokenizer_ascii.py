@@ -1,5 +1,5 @@
-"""ChatTokenizer.encode's ASCII fast paths (the Rust ByteLevelBpe for the Qwen2/3 and Llama-3 patterns, the Python
-_AsciiEncoder for other regexes) give exactly the ids of tokenizers' own encode."""
+"""ChatTokenizer.encode's fast paths (the Rust ByteLevelBpe for the Qwen2/3 and Llama-3 patterns, any text; the Python
+_AsciiEncoder for other regexes, ASCII text) give exactly the ids of tokenizers' own encode."""
 
 from __future__ import annotations
 
@@ -63,8 +63,13 @@ def test_qwen3_uses_the_fast_path_and_chat_prompts_match(qwen) -> None:
     assert qwen._ascii.cached_pieces > 0
 
 
-def test_non_ascii_text_goes_through_tokenizers(qwen) -> None:
-    for text in ["naïve café", "日本語 <|im_end|> x", "a\u00a0b", "e\u0301"]:  # NFC applies here
+def test_non_ascii_text(qwen, qwen_python) -> None:
+    for text in ["naïve café", "日本語 <|im_end|> x", "a\u00a0b", "你好，世界！\n\n"]:
+        assert qwen._ascii.encode(text) is not None  # the Rust path
+        assert qwen.encode(text) == reference(qwen, text)
+        assert qwen_python.encode(text) is None  # the Python path is for ASCII text only
+    for text in ["e\u0301", "\u212b<|im_end|>"]:  # not NFC: tokenizers normalizes and encodes them
+        assert qwen._ascii.encode(text) is None
         assert qwen.encode(text) == reference(qwen, text)
 
 
@@ -131,3 +136,26 @@ def test_regex_translation() -> None:
         _ascii_regex(r"\p{Han}+")
     with pytest.raises(ValueError):
         _ascii_regex(r"[a[b]]")
+
+
+@pytest.mark.parametrize(
+    ("normalizer", "any_text"),
+    [
+        ({"type": "Sequence", "normalizers": [{"type": "NFC"}]}, True),
+        ({"type": "NFKC"}, False),  # not implemented in Rust: ASCII text only
+        (None, True),
+    ],
+    ids=["sequence-nfc", "nfkc", "none"],
+)
+def test_normalizer_decides_what_rust_encodes(normalizer, any_text) -> None:
+    tok = _variant(lambda s: s.update(normalizer=normalizer))
+    enc = _AsciiEncoder.build(tok)
+    assert isinstance(enc, ByteLevelBpe)
+    for text in ["x 日本語 ｘ²", "e\u0301"]:
+        got = enc.encode(text)
+        want = tok.encode(text, add_special_tokens=False).ids
+        if any_text and (normalizer is None or text != "e\u0301"):
+            assert got == want
+        else:
+            assert got is None
+    assert enc.encode("plain <|im_end|>") == tok.encode("plain <|im_end|>", add_special_tokens=False).ids

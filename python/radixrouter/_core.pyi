@@ -2,7 +2,7 @@
 
 from array import array
 from collections.abc import Iterable, Sequence
-from typing import final
+from typing import Literal, final
 
 from typing_extensions import Buffer
 
@@ -221,13 +221,16 @@ def token_char_ends(ids: Sequence[int] | Buffer, table: Buffer, start: int = 0) 
 
 @final
 class ByteLevelBpe:
-    """Byte-level BPE for ASCII text with the ids of Hugging Face ``tokenizers`` (the Qwen2/3 and
-    Llama-3 pre-tokenizer regexes), and that library's ``ByteLevel`` decoder for any ids.
+    """Byte-level BPE with the ids of Hugging Face ``tokenizers`` (the Qwen2/3 and Llama-3
+    pre-tokenizer regexes), and that library's ``ByteLevel`` decoder for any ids.
 
     ``encode`` does what ``Tokenizer.encode(text, add_special_tokens=False)`` does for such a
-    tokenizer: split at added tokens (leftmost, longest at a position), split the rest with the
-    pre-tokenizer regex (a hand-written scanner), BPE each piece (with a cache of piece -> ids,
-    cleared when it reaches 65,536 pieces). Thread-safe.
+    tokenizer, for any text: split at added tokens (leftmost, longest at a position), check each
+    segment between them against the normalizer, split it with the pre-tokenizer regex (a
+    hand-written scanner with ``\\p{L}`` / ``\\p{N}`` tables read off tokenizers' own regex engine,
+    Unicode ``\\s``, Unicode case folding of the contractions), BPE the UTF-8 bytes of each piece
+    (with a cache of piece -> ids for pieces up to 256 bytes, cleared when it reaches 65,536
+    pieces or 4 MiB). Thread-safe.
     """
 
     def __new__(
@@ -238,16 +241,24 @@ class ByteLevelBpe:
         *,
         max_digits: int,
         ignore_merges: bool = False,
+        normalizer: Literal["NFC", "NFD", "NFKC", "NFKD"] | None = None,
     ) -> ByteLevelBpe:
         """``vocab`` and ``merges`` as in tokenizer.json's BPE model (``json.loads(tok.model.__getstate__())``:
         tokens in the byte-level alphabet, merges as ``[left, right]`` pairs or ``"left right"``
         strings, in rank order); ``added_tokens``: content -> id; ``max_digits``: the N of the
         pattern's ``\\p{N}{1,N}`` (1 for Qwen2/3, 3 for Llama-3); ``ignore_merges`` as the model's
-        flag. ``ValueError`` for a merge of unknown tokens, a byte missing from the vocabulary, an
-        empty added token or ``max_digits < 1``; ``TypeError`` for arguments of the wrong types."""
+        flag; ``normalizer``: the tokenizer's normalizer (None: none; ``"NFC"``: Unicode NFC, as
+        Qwen2/3 have; ``"NFD"``, ``"NFKC"``, ``"NFKD"``: not implemented, only ASCII text, which
+        they leave unchanged, is encoded). ``ValueError`` for a merge of unknown tokens, a byte
+        missing from the vocabulary, an empty added token, ``max_digits < 1`` or another
+        normalizer; ``TypeError`` for arguments of the wrong types."""
     def encode(self, text: str) -> list[int] | None:
-        """The token ids of ``text`` (added tokens recognized, none added), or None if it is not
-        all ASCII."""
+        """The token ids of ``text`` (added tokens recognized, none added), or None where the
+        normalizer would change the text, for the caller to use tokenizers: with ``"NFC"``, a
+        segment between added tokens that is not in NFC (rare: keyboards and the web produce NFC
+        text; e.g. decomposed accents, U+212B ANGSTROM SIGN, U+2000 EN QUAD); with ``"NFD"`` /
+        ``"NFKC"`` / ``"NFKD"``, text that is not all ASCII. ``UnicodeEncodeError`` (a
+        ``ValueError``) for a text with lone surrogates."""
     def spells(self, ids: Sequence[int], text: str) -> bool:
         """Whether ``Tokenizer.decode(ids, skip_special_tokens=False)`` with a ``ByteLevel``
         decoder gives exactly ``text`` (ids it does not know are skipped, as tokenizers does)."""

@@ -246,7 +246,8 @@ class ChatTokenizer:
         self.stop_token_ids = stop
         self._token_text: dict[int, str] = {}
         self._byte_level = isinstance(tokenizer.decoder, decoders.ByteLevel)
-        # None unless this tokenizer's pipeline allows it; the Rust ByteLevelBpe for the usual patterns
+        # None unless this tokenizer's pipeline allows it; the Rust ByteLevelBpe (any text) for the usual
+        # patterns, else the Python regex path (ASCII text)
         self._ascii = _AsciiEncoder.build(tokenizer)
         # `spells` without decoding to a str: the same ByteLevelBpe, for a ByteLevel decoder.
         self._bpe = (
@@ -420,10 +421,15 @@ class ChatTokenizer:
         return self._tok
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; special-token text is recognized, no BOS/EOS is added."""
+        """Token ids of ``text``; special-token text is recognized, no BOS/EOS is added. In Rust
+        (``ByteLevelBpe``) for Qwen2/3 / Llama-3-style tokenizers, any text but what their normalizer
+        changes; tokenizers' own encode for the rest."""
         fast = self._ascii
-        if fast is not None and text.isascii():
-            ids = fast.encode(text)
+        if fast is not None:
+            try:
+                ids = fast.encode(text)
+            except UnicodeEncodeError:
+                raise ValueError("the text is not valid Unicode (it has lone surrogates)") from None
             if ids is not None:
                 return ids
         # `encode_batch_fast` skips the char offsets `encode` computes (about 15% of the cost of a prompt;
@@ -562,13 +568,17 @@ class _AsciiEncoder:
     pre-tokenizer's regex (``\\p{L}`` / ``\\p{N}`` are ``[A-Za-z]`` / ``[0-9]`` on ASCII, compiled with
     ``re.ASCII``), map each piece to byte-level characters and run the BPE model on it, with a cache of
     piece -> ids. About 5x cheaper than ``Tokenizer.encode`` on a chat prompt; ``encode`` returns None
-    (the caller falls back to tokenizers) whenever the regex would leave a character to a gap.
+    (the caller falls back to tokenizers) for text that is not ASCII and whenever the regex would leave a
+    character to a gap.
     ``build`` refuses any other pipeline and checks itself against the tokenizer on probe strings.
 
-    For the Qwen2/3 and Llama-3 patterns (``_NATIVE_PATTERNS``) ``build`` returns the same in Rust instead:
-    ``radixrouter._core.ByteLevelBpe``, whose ``encode`` has the same contract (a list of ids, or None for
-    text that is not ASCII) and does the whole encode in one call (about 5x cheaper than this class on a
-    chat prompt)."""
+    For the Qwen2/3 and Llama-3 patterns (``_NATIVE_PATTERNS``) ``build`` returns ``radixrouter._core.
+    ByteLevelBpe`` instead, which does the whole encode in Rust in one call (about 5x cheaper than this class
+    on an English chat prompt) for ANY text, not only ASCII: Unicode letters / numbers / white space as
+    tokenizers' regex engine has them, and the NFC normalizer of Qwen2/3 (told by ``build``). Same contract
+    (a list of ids, or None for the caller to use tokenizers): it returns None only for text that its
+    normalizer would change (with NFC, text between added tokens that is not in NFC: decomposed accents and
+    the like, rare), and, for a tokenizer with an NFD / NFKC / NFKD normalizer, for text that is not ASCII."""
 
     __slots__ = ("_added", "_added_re", "_split", "_model", "_table", "_pieces")
 
@@ -590,7 +600,9 @@ class _AsciiEncoder:
     @classmethod
     def build(cls, tok: Tokenizer, native: bool = True) -> _AsciiEncoder | ByteLevelBpe | None:
         """The fast path for this tokenizer, or None. ``native=False``: this class even where the Rust
-        encoder applies (for comparisons)."""
+        encoder applies (for comparisons). Its ``encode(text)`` gives the ids of ``tok.encode(text,
+        add_special_tokens=False)`` or None (see the class docstring); the probes it is verified on include
+        CJK, Cyrillic and special white space for the Rust encoder."""
         try:
             pre = json.loads(tok.pre_tokenizer.__getstate__()) if tok.pre_tokenizer is not None else None
             norm = json.loads(tok.normalizer.__getstate__()) if tok.normalizer is not None else None
@@ -614,10 +626,14 @@ class _AsciiEncoder:
             or bl.get("add_prefix_space")
         ):
             return None
+        normalizer: str | None = None  # for ByteLevelBpe: None, "NFC", or another one (ASCII text only)
         if norm is not None:
             norms = norm.get("normalizers") if norm.get("type") == "Sequence" else [norm]
-            if not all(isinstance(n, dict) and n.get("type") in _UNICODE_NORMALIZERS for n in norms or ()):
+            types = [n.get("type") if isinstance(n, dict) else None for n in norms or ()]
+            if not all(t in _UNICODE_NORMALIZERS for t in types):
                 return None
+            if types:
+                normalizer = "NFC" if all(t == "NFC" for t in types) else next(t for t in types if t != "NFC")
         if model.get("type") != "BPE" or model.get("dropout") or tok.encode_special_tokens:
             return None
         added: dict[str, int] = {}
@@ -629,6 +645,7 @@ class _AsciiEncoder:
             "Hello, world! It's 3.14 o'clock\n\n  x\ty  \r\n",
             " a  b   c\n \n\n\t\x0b\x0c\x1c\x00\x7f END'LL 'S's 12345 __init__() {x: [1, 2]} <tag/> ",
             "''s 'Re 've\r\n\r\n  !!\n\n  1234567 x99 \x1f\x1ca\x0bb   ",
+            "你好，世界！这是一个测试。\n\n  Привет, мир 'ſ ١٢٣ １２３ x\u3000y\u00a0z\u2028 é e\u0301 🙂🙂 ",
             *(f"a{c}b {c} {c}{c}\n" for c in added),
         ]
 
@@ -653,6 +670,7 @@ class _AsciiEncoder:
                     added,
                     max_digits=max_digits,
                     ignore_merges=bool(model.get("ignore_merges")),
+                    normalizer=normalizer,
                 )
             except (KeyError, TypeError, ValueError):
                 bpe = None  # an unfamiliar model: the regex path below
@@ -670,6 +688,8 @@ class _AsciiEncoder:
         return enc if verified(enc) else None
 
     def encode(self, text: str) -> list[int] | None:
+        if not text.isascii():
+            return None  # the regex is translated for ASCII text only
         ids: list[int] = []
         pos = 0
         if self._added_re is not None:

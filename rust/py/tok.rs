@@ -1,4 +1,4 @@
-//! Python bindings for byte-level BPE of ASCII text: `ByteLevelBpe`.
+//! Python bindings for byte-level BPE: `ByteLevelBpe`.
 
 use std::os::raw::c_ulong;
 
@@ -7,7 +7,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::tok::{AsciiBpe, BuildError, Spec};
+use crate::tok::{Bpe, BuildError, Normalizer, Spec};
 
 impl From<BuildError> for PyErr {
     fn from(e: BuildError) -> PyErr {
@@ -153,17 +153,17 @@ fn ids_arg(ids: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
     Ok(out)
 }
 
-/// Byte-level BPE for ASCII text with the ids of Hugging Face `tokenizers` (Qwen2/3 and
-/// Llama-3 pre-tokenizer), and the `ByteLevel` decoder for any ids.
+/// Byte-level BPE with the ids of Hugging Face `tokenizers` (Qwen2/3 and Llama-3
+/// pre-tokenizer), and the `ByteLevel` decoder for any ids.
 #[pyclass(frozen, name = "ByteLevelBpe", module = "radixrouter._core")]
 pub struct PyByteLevelBpe {
-    inner: AsciiBpe,
+    inner: Bpe,
 }
 
 #[pymethods]
 impl PyByteLevelBpe {
     #[new]
-    #[pyo3(signature = (vocab, merges, added_tokens, *, max_digits, ignore_merges = false))]
+    #[pyo3(signature = (vocab, merges, added_tokens, *, max_digits, ignore_merges = false, normalizer = None))]
     fn new(
         py: Python<'_>,
         vocab: &Bound<'_, PyDict>,
@@ -171,7 +171,18 @@ impl PyByteLevelBpe {
         added_tokens: &Bound<'_, PyDict>,
         max_digits: i64,
         ignore_merges: bool,
+        normalizer: Option<&str>,
     ) -> PyResult<Self> {
+        let normalizer = match normalizer {
+            None => Normalizer::None,
+            Some("NFC") => Normalizer::Nfc,
+            Some("NFD" | "NFKC" | "NFKD") => Normalizer::AsciiOnly,
+            Some(other) => {
+                return Err(PyValueError::new_err(format!(
+                    "normalizer must be None, \"NFC\", \"NFD\", \"NFKC\" or \"NFKD\", not {other:?}"
+                )))
+            }
+        };
         let max_digits = usize::try_from(max_digits)
             .ok()
             .filter(|&n| n >= 1)
@@ -182,12 +193,13 @@ impl PyByteLevelBpe {
             added: str_ids("added_tokens", added_tokens)?,
             max_digits,
             ignore_merges,
+            normalizer,
         };
-        let inner = py.detach(|| AsciiBpe::new(spec))?;
+        let inner = py.detach(|| Bpe::new(spec))?;
         Ok(PyByteLevelBpe { inner })
     }
 
-    /// The ids of `text`, or None if it is not all ASCII.
+    /// The ids of `text`, or None where the normalizer would change it.
     fn encode<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Option<Bound<'py, PyList>>> {
         let ids = if text.len() >= DETACH_BYTES {
             py.detach(|| self.inner.encode(text))

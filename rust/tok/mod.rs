@@ -1,28 +1,34 @@
-//! Byte-level BPE (GPT-2 / Qwen / Llama-3 style) for ASCII text, with the ids of Hugging
-//! Face `tokenizers`.
+//! Byte-level BPE (GPT-2 / Qwen / Llama-3 style) with the ids of Hugging Face `tokenizers`.
 //!
-//! [`AsciiBpe::encode`] runs the whole pipeline those tokenizers apply to ASCII text: split
-//! at added tokens (leftmost match, the longest one where several start at the same place),
-//! split each segment with the pre-tokenizer regex (a hand-written scanner, see [`split`]),
-//! and run BPE on each piece (lowest-rank merge first, leftmost on ties, as tokenizers
-//! does), with a bounded cache of piece -> ids. Text that is not all ASCII gives `None`:
-//! the caller uses tokenizers for it.
+//! [`Bpe::encode`] runs the whole pipeline those tokenizers apply to a text: split at added
+//! tokens (leftmost match, the longest one where several start at the same place), check
+//! each segment against the normalizer (see [`Normalizer`]), split it with the pre-tokenizer
+//! regex (a hand-written scanner, see [`split`]), and run BPE on the UTF-8 bytes of each
+//! piece (lowest-rank merge first, leftmost on ties, as tokenizers does), with a bounded cache
+//! of piece -> ids. Where the normalizer would change a segment, `encode` gives `None`: the
+//! caller uses tokenizers for that text.
 //!
-//! [`AsciiBpe::decode_into`] is the other direction for any ids: the bytes tokenizers'
+//! [`Bpe::decode_into`] is the other direction for any ids: the bytes tokenizers'
 //! `ByteLevel` decoder produces (before its lossy UTF-8 conversion), which
-//! [`AsciiBpe::spells`] compares with a text.
+//! [`Bpe::spells`] compares with a text.
 
+mod classes;
 pub mod split;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
-/// Pieces up to this many bytes are cached.
-const MAX_CACHED_PIECE: usize = 64;
-/// The cache is cleared when it reaches this many pieces.
+use unicode_normalization::IsNormalized;
+
+/// Pieces up to this many bytes are cached (as tokenizers' own cache; a run of CJK text
+/// without punctuation is one piece, often longer than 64 bytes).
+const MAX_CACHED_PIECE: usize = 256;
+/// The cache is cleared when it reaches this many pieces, or this many bytes of pieces
+/// and ids.
 const MAX_CACHED_PIECES: usize = 1 << 16;
+const MAX_CACHED_BYTES: usize = 4 << 20;
 
 const fn printable(b: usize) -> bool {
     matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF)
@@ -102,6 +108,19 @@ impl fmt::Display for BuildError {
 
 impl std::error::Error for BuildError {}
 
+/// The tokenizer's normalizer, as far as [`Bpe::encode`] is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Normalizer {
+    /// None: every text is encoded.
+    None,
+    /// Unicode NFC (Qwen2/3): a segment (text between added tokens) that is in NFC is encoded
+    /// as it is; `encode` gives None for text with a segment that is not (see [`Bpe::encode`]).
+    Nfc,
+    /// Another normalization that leaves ASCII unchanged (NFD, NFKC, NFKD): `encode` gives
+    /// None for text that is not all ASCII.
+    AsciiOnly,
+}
+
 /// What a byte-level BPE tokenizer is made of (the strings as in tokenizer.json, i.e. in
 /// the byte-level alphabet for vocabulary and merges, plain text for added tokens).
 pub struct Spec {
@@ -115,22 +134,25 @@ pub struct Spec {
     pub max_digits: usize,
     /// tokenizers' `ignore_merges`: a piece that is a whole vocabulary token is that token.
     pub ignore_merges: bool,
+    /// The tokenizer's normalizer.
+    pub normalizer: Normalizer,
 }
 
-/// Byte-level BPE for ASCII text, and decoding of any ids (see the module docs).
-pub struct AsciiBpe {
-    /// Id of each ASCII byte's token.
-    byte_ids: [u32; 128],
+/// Byte-level BPE, and decoding of any ids (see the module docs).
+pub struct Bpe {
+    /// Id of each byte's token.
+    byte_ids: [u32; 256],
     /// (left, right) -> (rank, merged id).
     merges: HashMap<(u32, u32), (u32, u32)>,
-    /// With `ignore_merges`: vocabulary tokens that spell ASCII text, by their bytes.
+    /// With `ignore_merges`: vocabulary tokens by their bytes.
     whole: Option<HashMap<Box<[u8]>, u32>>,
-    /// ASCII added tokens, longest first.
+    /// Added tokens, longest first.
     added: Vec<(Box<[u8]>, u32)>,
-    /// Which bytes start an ASCII added token: a table, and the list.
-    added_first: [bool; 128],
+    /// Which bytes start an added token: a table, and the list.
+    added_first: [bool; 256],
     added_starts: Vec<u8>,
     max_digits: usize,
+    normalizer: Normalizer,
     /// Decoding: each id's bytes are `bytes[spans[id].0..][..spans[id].1]`; absent ids
     /// have length `u32::MAX`.
     spans: Vec<(u32, u32)>,
@@ -138,10 +160,54 @@ pub struct AsciiBpe {
     cache: Mutex<PieceCache>,
 }
 
-/// Piece bytes -> ids.
-type PieceCache = HashMap<Box<[u8]>, Box<[u32]>>;
+/// Piece bytes -> ids, and the bytes they take.
+#[derive(Default)]
+struct PieceCache {
+    map: HashMap<Box<[u8]>, Box<[u32]>>,
+    bytes: usize,
+}
 
 const ABSENT: (u32, u32) = (0, u32::MAX);
+
+/// Whether a character leaves any text around it in NFC: canonical combining class 0 and
+/// NFC quick check "yes" (it never composes with what precedes it nor needs reordering).
+fn nfc_inert(c: char) -> bool {
+    unicode_normalization::char::canonical_combining_class(c) == 0
+        && unicode_normalization::is_nfc_quick(std::iter::once(c)) == IsNormalized::Yes
+}
+
+/// [`nfc_inert`] for the Basic Multilingual Plane, one bit per code point.
+fn nfc_inert_bmp() -> &'static [u64; 1024] {
+    static TABLE: OnceLock<Box<[u64; 1024]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Box::new([0u64; 1024]);
+        for c in (0..0x10000).filter_map(char::from_u32) {
+            if nfc_inert(c) {
+                t[c as usize >> 6] |= 1 << (c as u32 & 63);
+            }
+        }
+        t
+    })
+}
+
+/// Whether `text` is in NFC: a table look-up per character for text of inert characters
+/// (all but a few scripts' combining marks), the full check (quick check, then normalizing
+/// if that says "maybe") otherwise.
+fn is_nfc(text: &str) -> bool {
+    if text.is_ascii() {
+        return true;
+    }
+    let bmp = nfc_inert_bmp();
+    let inert = |c: char| {
+        let cp = c as u32;
+        if cp < 0x10000 {
+            cp < 0x300 || bmp[cp as usize >> 6] >> (cp & 63) & 1 != 0
+        } else {
+            nfc_inert(c)
+        }
+    };
+    text.chars().all(inert) || unicode_normalization::is_nfc(text)
+}
 
 /// A token's characters mapped back to bytes, or None if one of them is outside the
 /// byte-level alphabet.
@@ -165,8 +231,8 @@ fn push_token_bytes(token: &str, out: &mut Vec<u8>) {
     }
 }
 
-impl AsciiBpe {
-    pub fn new(spec: Spec) -> Result<AsciiBpe, BuildError> {
+impl Bpe {
+    pub fn new(spec: Spec) -> Result<Bpe, BuildError> {
         if spec.max_digits == 0 {
             return Err(BuildError::ZeroDigits);
         }
@@ -195,16 +261,13 @@ impl AsciiBpe {
         let whole = spec.ignore_merges.then(|| {
             spec.vocab
                 .iter()
-                .filter_map(|(s, id)| {
-                    let b = alphabet_bytes(s)?;
-                    b.is_ascii().then(|| (b.into_boxed_slice(), *id))
-                })
+                .filter_map(|(s, id)| Some((alphabet_bytes(s)?.into_boxed_slice(), *id)))
                 .collect()
         });
 
         let vocab: HashMap<String, u32> = spec.vocab.into_iter().collect();
-        let mut byte_ids = [0u32; 128];
-        for b in 0..128u8 {
+        let mut byte_ids = [0u32; 256];
+        for b in 0..=255u8 {
             let mut buf = [0u8; 4];
             let key: &str = byte_char(b).encode_utf8(&mut buf);
             byte_ids[b as usize] = *vocab.get(key).ok_or(BuildError::MissingByte(b))?;
@@ -234,18 +297,17 @@ impl AsciiBpe {
         let mut added: Vec<(Box<[u8]>, u32)> = spec
             .added
             .iter()
-            .filter(|(c, _)| c.is_ascii())
             .map(|(c, id)| (Box::from(c.as_bytes()), *id))
             .collect();
         // Longest first; a stable sort keeps the given order among equal lengths.
         added.sort_by_key(|(c, _)| std::cmp::Reverse(c.len()));
-        let mut added_first = [false; 128];
+        let mut added_first = [false; 256];
         for (c, _) in &added {
             added_first[c[0] as usize] = true;
         }
-        let added_starts = (0..128u8).filter(|&b| added_first[b as usize]).collect();
+        let added_starts = (0..=255u8).filter(|&b| added_first[b as usize]).collect();
 
-        Ok(AsciiBpe {
+        Ok(Bpe {
             byte_ids,
             merges,
             whole,
@@ -253,16 +315,26 @@ impl AsciiBpe {
             added_first,
             added_starts,
             max_digits: spec.max_digits,
+            normalizer: spec.normalizer,
             spans,
             bytes,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(PieceCache::default()),
         })
     }
 
-    /// The ids of `text`, or None if it is not all ASCII.
+    /// The ids of `text`, or None where the normalizer would change it: with
+    /// [`Normalizer::Nfc`], a segment between added tokens that is not in NFC (the segments
+    /// are normalized separately, as tokenizers does); with [`Normalizer::AsciiOnly`], text
+    /// that is not all ASCII.
+    ///
+    /// NFC needs no normalizing here, only the check: text in NFC by the tables of the
+    /// `unicode-normalization` crate (Unicode 18) is left unchanged by tokenizers' older ones
+    /// (Unicode 9: normalized text stays normalized in later versions, and a character an
+    /// older version does not know is an inert starter to it). Normalizing would have to
+    /// reproduce tokenizers' Unicode 9 tables instead.
     pub fn encode(&self, text: &str) -> Option<Vec<u32>> {
         let s = text.as_bytes();
-        if !s.is_ascii() {
+        if self.normalizer == Normalizer::AsciiOnly && !s.is_ascii() {
             return None;
         }
         let mut ids = Vec::with_capacity(s.len() / 3 + 1);
@@ -272,7 +344,7 @@ impl AsciiBpe {
         while let Some(j) = self.next_added_start(s, i) {
             match self.added.iter().find(|(c, _)| s[j..].starts_with(c)) {
                 Some((c, id)) => {
-                    self.segment(&s[pos..j], &mut cache, &mut ids);
+                    self.segment(&text[pos..j], &mut cache, &mut ids)?;
                     ids.push(*id);
                     pos = j + c.len();
                     i = pos;
@@ -280,7 +352,7 @@ impl AsciiBpe {
                 None => i = j + 1,
             }
         }
-        self.segment(&s[pos..], &mut cache, &mut ids);
+        self.segment(&text[pos..], &mut cache, &mut ids)?;
         Some(ids)
     }
 
@@ -301,35 +373,49 @@ impl AsciiBpe {
 
     /// Number of pieces in the cache.
     pub fn cached_pieces(&self) -> usize {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .len()
     }
 
-    fn segment(&self, seg: &[u8], cache: &mut HashMap<Box<[u8]>, Box<[u32]>>, ids: &mut Vec<u32>) {
+    /// Appends the ids of the text between two added tokens, or gives None if the normalizer
+    /// would change it.
+    fn segment(&self, seg: &str, cache: &mut PieceCache, ids: &mut Vec<u32>) -> Option<()> {
+        if self.normalizer == Normalizer::Nfc && !is_nfc(seg) {
+            return None;
+        }
+        let bytes = seg.as_bytes();
         for (a, b) in split::pieces(seg, self.max_digits) {
-            let piece = &seg[a..b];
+            let piece = &bytes[a..b];
             if let [byte] = piece {
                 // One byte is its own token.
                 ids.push(self.byte_ids[*byte as usize]);
                 continue;
             }
-            if let Some(got) = cache.get(piece) {
+            if let Some(got) = cache.map.get(piece) {
                 ids.extend_from_slice(got);
                 continue;
             }
             let start = ids.len();
             self.bpe(piece, ids);
             if piece.len() <= MAX_CACHED_PIECE {
-                if cache.len() >= MAX_CACHED_PIECES {
-                    cache.clear();
+                let got = &ids[start..];
+                if cache.map.len() >= MAX_CACHED_PIECES || cache.bytes >= MAX_CACHED_BYTES {
+                    cache.map.clear();
+                    cache.bytes = 0;
                 }
-                if let Entry::Vacant(e) = cache.entry(Box::from(piece)) {
-                    e.insert(Box::from(&ids[start..]));
+                if let Entry::Vacant(e) = cache.map.entry(Box::from(piece)) {
+                    cache.bytes += piece.len() + 4 * got.len();
+                    e.insert(Box::from(got));
                 }
             }
         }
+        Some(())
     }
 
-    /// BPE of one ASCII piece, appended to `out`.
+    /// BPE of one piece's bytes, appended to `out`.
     fn bpe(&self, piece: &[u8], out: &mut Vec<u32>) {
         if let Some(id) = self.whole.as_ref().and_then(|w| w.get(piece)) {
             out.push(*id);

@@ -1,15 +1,25 @@
 use super::*;
 
-/// The byte-level spelling of ASCII text.
+/// The byte-level spelling of a text.
 fn bl(s: &str) -> String {
     s.bytes().map(byte_char).collect()
 }
 
-/// A vocabulary of the 128 ASCII bytes (id = byte) plus the results of `merges`
-/// (given as plain text), with `added` tokens from id 1000.
-fn build(merges: &[(&str, &str)], added: &[&str], max_digits: usize, ignore: bool) -> AsciiBpe {
-    let mut vocab: Vec<(String, u32)> = (0..128u8)
-        .map(|b| (bl(&(b as char).to_string()), b as u32))
+/// A vocabulary of the 256 bytes (id = byte) plus the results of `merges` (given as plain
+/// text), with `added` tokens from id 1000.
+fn build(merges: &[(&str, &str)], added: &[&str], max_digits: usize, ignore: bool) -> Bpe {
+    build_with(merges, added, max_digits, ignore, Normalizer::None)
+}
+
+fn build_with(
+    merges: &[(&str, &str)],
+    added: &[&str],
+    max_digits: usize,
+    ignore: bool,
+    normalizer: Normalizer,
+) -> Bpe {
+    let mut vocab: Vec<(String, u32)> = (0..=255u8)
+        .map(|b| (byte_char(b).to_string(), b as u32))
         .collect();
     for (a, b) in merges {
         let id = vocab.len() as u32;
@@ -21,18 +31,19 @@ fn build(merges: &[(&str, &str)], added: &[&str], max_digits: usize, ignore: boo
         .enumerate()
         .map(|(i, c)| (c.to_string(), 1000 + i as u32))
         .collect();
-    AsciiBpe::new(Spec {
+    Bpe::new(Spec {
         vocab,
         merges,
         added,
         max_digits,
         ignore_merges: ignore,
+        normalizer,
     })
     .unwrap()
 }
 
 /// Ids back to plain text (for readable assertions).
-fn text(bpe: &AsciiBpe, ids: &[u32]) -> Vec<String> {
+fn text(bpe: &Bpe, ids: &[u32]) -> Vec<String> {
     ids.iter()
         .map(|&id| String::from_utf8(bpe.decode_bytes(&[id]).unwrap()).unwrap())
         .collect()
@@ -156,12 +167,84 @@ fn added_tokens_split_before_pre_tokenizing() {
     );
 }
 
+/// The ids of single bytes, for expectations.
+fn bytes_of(s: &str) -> Vec<u32> {
+    s.bytes().map(u32::from).collect()
+}
+
 #[test]
-fn non_ascii_text_is_refused() {
-    let bpe = build(&[], &["<é>"], 1, false);
-    assert_eq!(bpe.encode("café"), None);
-    assert_eq!(bpe.encode("<é>"), None);
-    assert!(bpe.encode("cafe").is_some());
+fn non_ascii_text_is_encoded_by_its_utf8_bytes() {
+    // bytes E4 + B8 merge (the first two bytes of many CJK characters); "中" (E4 B8 AD) is an
+    // added token, "丸" (E4 B8 B8) is not
+    let (e4, b8) = (byte_char(0xe4).to_string(), byte_char(0xb8).to_string());
+    let mut vocab: Vec<(String, u32)> = (0..=255u8)
+        .map(|b| (byte_char(b).to_string(), u32::from(b)))
+        .collect();
+    vocab.push((format!("{e4}{b8}"), 300));
+    let bpe = Bpe::new(Spec {
+        vocab,
+        merges: vec![(e4, b8)],
+        added: vec![("<é>".into(), 1000), ("中".into(), 1001)],
+        max_digits: 1,
+        ignore_merges: false,
+        normalizer: Normalizer::None,
+    })
+    .unwrap();
+    assert_eq!(bpe.encode("中").unwrap(), [1001]);
+    assert_eq!(
+        bpe.encode("丸x<é>中").unwrap(),
+        [300, 0xb8, u32::from(b'x'), 1000, 1001]
+    );
+    assert_eq!(bpe.encode("é").unwrap(), bytes_of("é"));
+}
+
+#[test]
+fn nfc_check() {
+    // below U+0300 every character is inert (the check skips the table there)
+    assert!((0..0x300).filter_map(char::from_u32).all(nfc_inert));
+    for (text, nfc) in [
+        ("", true),
+        ("plain ASCII", true),
+        ("中文，テスト、한국어 Ёж 🙂 \u{3000}", true),
+        ("caf\u{e9}", true),
+        ("cafe\u{301}", false),
+        ("\u{b95}\u{bbe}", true),      // Tamil: "maybe", in NFC
+        ("\u{bc6}\u{bbe}", false),     // composes to U+0BCA
+        ("a\u{301}\u{316}", false),    // marks out of canonical order
+        ("a\u{316}\u{301}", false),    // in order, but a + U+0301 compose
+        ("x\u{316}\u{301}", true),     // nothing composes with x
+        ("\u{212b}", false),           // singleton: U+00C5
+        ("\u{1d15e}", false),          // astral composition exclusion
+        ("\u{1f642}\u{1f3fd}", true),  // astral, inert
+        ("\u{11131}\u{11127}", false), // Chakma: composes to U+1112E
+    ] {
+        assert_eq!(is_nfc(text), nfc, "{text:?}");
+        assert_eq!(unicode_normalization::is_nfc(text), nfc, "{text:?}");
+    }
+}
+
+#[test]
+fn nfc_normalizer_refuses_only_text_that_is_not_nfc() {
+    let nfc = build_with(&[], &["<x>"], 1, false, Normalizer::Nfc);
+    assert_eq!(nfc.encode("caf\u{e9}").unwrap(), bytes_of("caf\u{e9}"));
+    // decomposed: NFC would compose it
+    assert_eq!(nfc.encode("cafe\u{301}"), None);
+    // Tamil: a vowel sign NFC only may compose ("Maybe" in the quick check), here in NFC
+    assert_eq!(
+        nfc.encode("\u{b95}\u{bbe}").unwrap(),
+        bytes_of("\u{b95}\u{bbe}")
+    );
+    // segments are checked apart: a mark right after an added token stays as it is
+    assert_eq!(
+        nfc.encode("e<x>\u{301}").unwrap(),
+        [u32::from(b'e'), 1000, 0xcc, 0x81]
+    );
+    assert_eq!(nfc.encode("<x>e\u{301}"), None);
+    let plain = build(&[], &[], 1, false);
+    assert_eq!(plain.encode("e\u{301}").unwrap(), bytes_of("e\u{301}"));
+    let ascii_only = build_with(&[], &[], 1, false, Normalizer::AsciiOnly);
+    assert_eq!(ascii_only.encode("caf\u{e9}"), None);
+    assert_eq!(ascii_only.encode("cafe").unwrap(), bytes_of("cafe"));
 }
 
 #[test]
@@ -195,6 +278,19 @@ fn long_pieces_and_the_cache() {
     assert!(bpe.cached_pieces() <= MAX_CACHED_PIECES);
     assert!(bpe.cached_pieces() > 0);
     assert_eq!(bpe.encode(&words).unwrap(), first);
+    // pieces up to 256 bytes are cached, within a budget of bytes: 6,000 distinct pieces of
+    // 200 bytes, 1,000 bytes each with their 200 ids, fill it about one and a half times
+    let fresh = build(&[], &[], 1, false);
+    let long: String = (0..6000u32)
+        .flat_map(|k| {
+            let piece = (0..65).map(move |j| char::from_u32(0x4e00 + (k * 3 + j) % 20000));
+            std::iter::once(Some(' ')).chain(piece).flatten()
+        })
+        .collect();
+    fresh.encode(&long).unwrap();
+    // each piece: " " + 65 CJK characters, 196 bytes and 196 ids
+    let n = fresh.cached_pieces();
+    assert!(n > 1000 && n * 980 <= MAX_CACHED_BYTES + 980, "{n} pieces");
 }
 
 #[test]
@@ -211,12 +307,13 @@ fn decode_as_the_byte_level_decoder() {
         ("x ▁".to_owned(), 402),   // outside it: the UTF-8 text
         ("Ġover".to_owned(), 300), // an added token replaces the vocabulary's token
     ];
-    let bpe = AsciiBpe::new(Spec {
+    let bpe = Bpe::new(Spec {
         vocab,
         merges: Vec::<(String, String)>::new(),
         added,
         max_digits: 1,
         ignore_merges: false,
+        normalizer: Normalizer::None,
     })
     .unwrap();
     assert_eq!(bpe.decode_bytes(&[300, 32, 301]).unwrap(), b" over a b");
@@ -243,9 +340,9 @@ fn decode_as_the_byte_level_decoder() {
 
 #[test]
 fn build_errors() {
-    let vocab = |n: u8| -> Vec<(String, u32)> {
+    let vocab = |n: u16| -> Vec<(String, u32)> {
         (0..n)
-            .map(|b| (byte_char(b).to_string(), b as u32))
+            .map(|b| (byte_char(b as u8).to_string(), u32::from(b)))
             .collect()
     };
     let spec = |vocab, merges: Vec<(String, String)>, added: Vec<(String, u32)>, max_digits| Spec {
@@ -254,32 +351,33 @@ fn build_errors() {
         added,
         max_digits,
         ignore_merges: false,
+        normalizer: Normalizer::None,
     };
-    let err = |s| AsciiBpe::new(s).err().unwrap();
+    let err = |s| Bpe::new(s).err().unwrap();
     assert_eq!(
         err(spec(vocab(100), vec![], vec![], 1)),
         BuildError::MissingByte(100)
     );
     assert_eq!(
-        err(spec(vocab(128), vec![("a".into(), "b".into())], vec![], 1)),
+        err(spec(vocab(256), vec![("a".into(), "b".into())], vec![], 1)),
         BuildError::MergeOutOfVocab {
             index: 0,
             token: "ab".into()
         }
     );
     assert_eq!(
-        err(spec(vocab(128), vec![("a".into(), "zz".into())], vec![], 1)),
+        err(spec(vocab(256), vec![("a".into(), "zz".into())], vec![], 1)),
         BuildError::MergeOutOfVocab {
             index: 0,
             token: "zz".into()
         }
     );
     assert_eq!(
-        err(spec(vocab(128), vec![], vec![(String::new(), 7)], 1)),
+        err(spec(vocab(256), vec![], vec![(String::new(), 7)], 1)),
         BuildError::EmptyAddedToken(7)
     );
     assert_eq!(
-        err(spec(vocab(128), vec![], vec![], 0)),
+        err(spec(vocab(256), vec![], vec![], 0)),
         BuildError::ZeroDigits
     );
     assert!(err(spec(vocab(0), vec![], vec![], 1))
