@@ -1138,6 +1138,17 @@ class App:
         except Exception:  # noqa: BLE001 - the cache is an optimization; never fail a finished request
             log.exception("recording a finished request in the prefix cache failed")
 
+    async def _answer(self, ex: Exchange, route: str, obj: dict, usage: tuple[int, int, int],
+                      served: dict[int, Worker], records: list, logprobs: bool) -> int:
+        """A whole (non-streamed) answer: metrics, the JSON response, then each (prompt, text, choice) in
+        the prefix cache, after the answer went out (the client does not wait for the cache)."""
+        self._observe(route, ex, None, None, 0, usage)
+        try:
+            return await self._send_json(ex, obj, worker=served.get(0))
+        finally:
+            for prompt, text, ch in records:
+                self._record(prompt, text, ch, served[ch.index], logprobs)
+
     def _observe(self, route: str, ex: Exchange, t_first: float | None, t_last: float | None, chunks: int,
                  usage: tuple[int, int, int]) -> None:
         m = self.metrics
@@ -1325,16 +1336,10 @@ class App:
             if p.logprobs:
                 lp = {"content": chat_logprobs(ch.logprob_meta(), 0, p.top_logprobs), "refusal": None}
             out_choices.append({"index": ch.index, "message": message, "logprobs": lp, "finish_reason": fr})
-        usage = (prompt_tokens, cached, completion)
-        self._observe("chat", ex, None, None, 0, usage)
-        try:
-            return await self._send_json(ex, {
-                "id": cid, "object": "chat.completion", "created": created, "model": p.model,
-                "choices": out_choices, "usage": usage_obj(prompt_tokens, completion, cached),
-            }, worker=served.get(0))
-        finally:  # recorded after the answer went out: the client does not wait for the cache
-            for ch in choices:
-                self._record(prompt, text, ch, served[ch.index], p.logprobs)
+        return await self._answer(ex, "chat", {
+            "id": cid, "object": "chat.completion", "created": created, "model": p.model,
+            "choices": out_choices, "usage": usage_obj(prompt_tokens, completion, cached),
+        }, (prompt_tokens, cached, completion), served, [(prompt, text, ch) for ch in choices], p.logprobs)
 
     async def _chat_stream(self, ex, creq, text, prompt, ids, ctx, cid, created) -> int:
         p = creq.params
@@ -1678,16 +1683,11 @@ class App:
             if p.logprobs:
                 lp = completion_logprobs(ch.logprob_meta(), 0, p.top_logprobs, len(echo))
             out.append({"text": echo + ch.text, "index": ch.index, "logprobs": lp, "finish_reason": ch.finish or "stop"})
-        self._observe("completions", ex, None, None, 0, (pt, cached, ct))
-        try:
-            return await self._send_json(ex, {
-                "id": cid, "object": "text_completion", "created": created, "model": p.model,
-                "choices": out, "usage": usage_obj(pt, ct, cached),
-            }, worker=served.get(0))
-        finally:  # recorded after the answer went out: the client does not wait for the cache
-            for ch, (_k, pi, _r, _b, _c) in zip(choices, jobs, strict=True):
-                prompt, ptext, _ids, _ctx = prompts[pi]
-                self._record(prompt, ptext, ch, served[ch.index], p.logprobs)
+        return await self._answer(ex, "completions", {
+            "id": cid, "object": "text_completion", "created": created, "model": p.model,
+            "choices": out, "usage": usage_obj(pt, ct, cached),
+        }, (pt, cached, ct), served, [(prompts[pi][0], prompts[pi][1], ch) for ch, (_k, pi, _r, _b, _c)
+                                      in zip(choices, jobs, strict=True)], p.logprobs)
 
     # ------------------------------------------------------------------ /generate (SGLang passthrough)
     async def generate(self, ex: Exchange) -> int:
