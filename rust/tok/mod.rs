@@ -306,6 +306,9 @@ impl Bpe {
             added_first[c[0] as usize] = true;
         }
         let added_starts = (0..=255u8).filter(|&b| added_first[b as usize]).collect();
+        if spec.normalizer == Normalizer::Nfc {
+            nfc_inert_bmp(); // built here (about 2 ms, once per process), not on the first request
+        }
 
         Ok(Bpe {
             byte_ids,
