@@ -75,7 +75,7 @@ def setup(n_prompts: int = 200) -> dict[str, Any]:
     tok = ChatTokenizer.qwen3()
     raw = tok.tokenizer
     python = _AsciiEncoder.build(raw, native=False)
-    assert isinstance(python, _AsciiEncoder) and isinstance(tok._ascii, ByteLevelBpe)
+    assert isinstance(python, _AsciiEncoder) and isinstance(tok._fast, ByteLevelBpe)
     rng = random.Random(1)
     contents = {
         "English": [f"{k}: {words(rng, 40)}" for k in range(n_prompts)],
@@ -92,7 +92,7 @@ def setup(n_prompts: int = 200) -> dict[str, Any]:
             raw.encode_batch_fast([t], add_special_tokens=False)[0].ids
         ),
         "Python _AsciiEncoder.encode": python.encode,
-        "Rust ByteLevelBpe.encode": tok._ascii.encode,
+        "Rust ByteLevelBpe.encode": tok._fast.encode,
         # the same without the NFC check (normalizer None): what checking costs
         "  the same, no NFC check": _without_nfc(raw).encode,
     }
@@ -109,7 +109,7 @@ def setup(n_prompts: int = 200) -> dict[str, Any]:
     for n in (16, 256):
         ids = tok.encode(" " + words(rng, n))[:n] + [im_end]
         outputs[n] = (ids, tok.decode(ids, skip_special_tokens=False))
-    bpe = tok._ascii
+    bpe = tok._fast
     checks: dict[str, Callable[[list[int], str], bool]] = {
         "tokenizers decode(...) == text": lambda ids, text: (
             raw.decode(ids, skip_special_tokens=False) == text

@@ -34,14 +34,9 @@ sys.path[:0] = [str(HERE / "e2e"), str(HERE.parent / "tests")]
 from loadgen import chat, session, words  # noqa: E402
 from targets import RadixRouter  # noqa: E402
 
-from simutil import SimWorkers  # noqa: E402
+from simutil import SimWorkers, rss_of_tree  # noqa: E402
 
 MODEL = "sim-model"
-
-
-def rss_of_tree(pid: int) -> int:
-    pids = [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return sum(int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") for p in pids)
 
 
 class Soak:

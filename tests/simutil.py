@@ -44,6 +44,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def rss_of_tree(pid: int) -> int:
+    """Resident memory (bytes) of process `pid` and its direct children (a granian server and its workers)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        pids = [pid] + [int(c) for c in f.read().split()]
+    total = 0
+    for p in pids:
+        with open(f"/proc/{p}/statm") as f:
+            total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return total
+
+
 def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
     """A tiny blocking HTTP call: returns (status, parsed JSON body or raw text or None)."""
     data = None if body is None else json.dumps(body).encode()

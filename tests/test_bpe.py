@@ -419,7 +419,7 @@ def chat() -> ChatTokenizer:
 
 
 def test_chat_tokenizer_spells_either_way(chat, monkeypatch) -> None:
-    assert chat._bpe is chat._ascii
+    assert chat._bpe is chat._fast
     cases = [([9707, 1879], "Hello world"), ([9707, 151645], "Hello<|im_end|>"), ([9707], "Hello!"), ([], "")]
     native = [chat.spells(ids, text) for ids, text in cases]
     monkeypatch.setattr(chat, "_bpe", None)  # as for a tokenizer ByteLevelBpe does not handle
@@ -430,7 +430,7 @@ def test_no_native_spells_without_a_byte_level_decoder() -> None:
     raw = Tokenizer.from_file(str(qwen3_files() / "tokenizer.json"))
     raw.decoder = decoders.Fuse()
     tok = ChatTokenizer(raw)
-    assert isinstance(tok._ascii, ByteLevelBpe)
+    assert isinstance(tok._fast, ByteLevelBpe)
     assert tok._bpe is None
 
 

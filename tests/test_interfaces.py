@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import socket
 import time
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from simutil import SimWorker, SimWorkers
+from simutil import SimWorker, SimWorkers, rss_of_tree
 from test_router import CHAT, KEY, MODEL, RouterProcess, check_stream_bytes, post
 
 
@@ -125,11 +124,6 @@ def test_client_disconnect_aborts_the_worker_request(interface, stream):
         assert httpx.get(router.url + "/health").status_code == 200
 
 
-def _rss_of_tree(pid: int) -> int:
-    pids = [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return sum(int(Path(f"/proc/{p}/statm").read_text().split()[1]) * 4096 for p in pids)
-
-
 def _keep_alive_requests(url: str, n: int, conns: int = 4) -> None:
     """n identical chat requests over `conns` keep-alive connections (raw HTTP/1.1: fast and no client
     library state of its own)."""
@@ -163,7 +157,7 @@ def test_finished_requests_are_not_kept_in_memory(router):
     request 3,000 times (so the prefix cache does not grow) must leave the memory flat (measured after the fix:
     -30 to +33 bytes per request; before it, 822 over RSGI and 4,471 over ASGI in this test)."""
     _keep_alive_requests(router.url, 1000)  # warm up: pools, caches, allocator arenas
-    before = _rss_of_tree(router.proc.pid)
+    before = rss_of_tree(router.proc.pid)
     _keep_alive_requests(router.url, 3000)
-    grown = _rss_of_tree(router.proc.pid) - before
+    grown = rss_of_tree(router.proc.pid) - before
     assert grown < 3000 * 250, f"{grown / 3000:.0f} bytes more memory per request"

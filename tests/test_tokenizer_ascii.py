@@ -47,7 +47,7 @@ def test_any_ascii_text(qwen, text) -> None:
 
 
 def test_qwen3_uses_the_fast_path_and_chat_prompts_match(qwen) -> None:
-    assert isinstance(qwen._ascii, ByteLevelBpe)
+    assert isinstance(qwen._fast, ByteLevelBpe)
     for k in range(50):
         prompt = qwen.render(
             [
@@ -60,16 +60,16 @@ def test_qwen3_uses_the_fast_path_and_chat_prompts_match(qwen) -> None:
         assert prompt.isascii()
         assert qwen.encode(prompt) == reference(qwen, prompt)
     # the piece cache is filled and used
-    assert qwen._ascii.cached_pieces > 0
+    assert qwen._fast.cached_pieces > 0
 
 
 def test_non_ascii_text(qwen, qwen_python) -> None:
     for text in ["naïve café", "日本語 <|im_end|> x", "a\u00a0b", "你好，世界！\n\n"]:
-        assert qwen._ascii.encode(text) is not None  # the Rust path
+        assert qwen._fast.encode(text) is not None  # the Rust path
         assert qwen.encode(text) == reference(qwen, text)
         assert qwen_python.encode(text) is None  # the Python path is for ASCII text only
     for text in ["e\u0301", "\u212b<|im_end|>"]:  # not NFC: tokenizers normalizes and encodes them
-        assert qwen._ascii.encode(text) is None
+        assert qwen._fast.encode(text) is None
         assert qwen.encode(text) == reference(qwen, text)
 
 

@@ -248,13 +248,11 @@ class ChatTokenizer:
         self._byte_level = isinstance(tokenizer.decoder, decoders.ByteLevel)
         # None unless this tokenizer's pipeline allows it; the Rust ByteLevelBpe (any text) for the usual
         # patterns, else the Python regex path (ASCII text)
-        self._ascii = _AsciiEncoder.build(tokenizer)
+        self._fast = fast = _AsciiEncoder.build(tokenizer)
         # `spells` without decoding to a str: the same ByteLevelBpe, for a ByteLevel decoder.
         self._bpe = (
-            self._ascii
-            if isinstance(self._ascii, ByteLevelBpe)
-            and self._byte_level
-            and _decodes_like(self._ascii, tokenizer)
+            fast
+            if isinstance(fast, ByteLevelBpe) and self._byte_level and _decodes_like(fast, tokenizer)
             else None
         )
         self._lead: bytes | array[int] | None = None  # built on first use (about 0.3 s for 150k ids)
@@ -424,7 +422,7 @@ class ChatTokenizer:
         """Token ids of ``text``; special-token text is recognized, no BOS/EOS is added. In Rust
         (``ByteLevelBpe``) for Qwen2/3 / Llama-3-style tokenizers, any text but what their normalizer
         changes; tokenizers' own encode for the rest."""
-        fast = self._ascii
+        fast = self._fast
         if fast is not None:
             try:
                 ids = fast.encode(text)
