@@ -203,7 +203,7 @@ class SimWorker:
         return self.get("/sim/stats")
 
     def fault(self, **fault: Any) -> dict:
-        """Queue a fault: count, status, body, close_after_tokens, stall_s, reply (see radixrouter.sim)."""
+        """Queue a fault: count, status, body, close_after_tokens, stall_s, linger_s, reply (see radixrouter.sim)."""
         status, body = self.post("/sim/fault", fault)
         if status != 200:
             raise ValueError(f"fault rejected: {status} {body}")

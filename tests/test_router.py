@@ -683,7 +683,9 @@ def test_generate_records_and_retrieve_from_text(sims):
 def test_first_token_timeout_retries_and_aborts(sims, path, body):
     with RouterProcess(sims.urls[:1], first_token_timeout=1.0, retry_backoff=0) as router:
         sims[0].reset()
-        sims[0].fault(stall_s=5, count=1)
+        # linger_s: the worker still knows the stalled attempt's rid after the abort, as SGLang does until its
+        # scheduler acknowledged it; the retry goes to the same (only) worker and must not reuse that rid
+        sims[0].fault(stall_s=5, count=1, linger_s=4)
         r = post(router.url + path, body, key=None)
         assert r.status_code == 200
         check_stream_bytes(r.content)

@@ -79,6 +79,13 @@ _ID_PREFIX = os.urandom(6).hex()
 _ID_COUNTER = itertools.count(1)
 
 
+def _with_rid(body: bytes, rid: str) -> bytes:
+    """`body` (a JSON object) with its "rid" replaced (retries only: parsing again costs nothing that matters)."""
+    obj = _loads(body)
+    obj["rid"] = rid
+    return _dumps(obj)
+
+
 def new_id() -> str:
     """A request id unique to this process run (random prefix + counter; no syscall per request)."""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
@@ -911,7 +918,9 @@ class App:
         `max_retries` times with jittered backoff. A worker's 4xx goes back to the client and never counts
         against the worker.
 
-        Relayed models (radixrouter.relay) pass their own `pool`, `prepare(worker) -> (url, body, headers)`
+        A retry that goes back to a worker already tried is sent with the rid `<rid>.<attempt>`.
+
+        Relayed models (radixrouter.relay) pass their own `pool`, `prepare(worker, rid) -> (url, body, headers)`
         (model name and key per upstream) and `error(status, body) -> ApiError`; `openai` upstreams get no
         /abort_request (closing the connection is the abort).
         """
@@ -922,6 +931,7 @@ class App:
         assert upstream is not None
         tried: set[Worker] = set()
         last: ApiError | None = None
+        base_rid = rid
         if ctx.session is None:
             ctx.session = self._session(ex)
         for attempt in range(cfg.max_retries + 1):
@@ -933,6 +943,12 @@ class App:
             if attempt:
                 self.metrics.retry("worker_failure")
                 await asyncio.sleep(random.uniform(0, cfg.retry_backoff * (1 << (attempt - 1))))
+            if w in tried and w.kind != "openai":
+                # back to a worker that had this rid: its abort may not have landed yet, and SGLang rejects
+                # a rid it still holds ("Duplicate request ID"), so this attempt gets a rid of its own
+                rid = f"{base_rid}.{attempt}"
+                if prepare is None:
+                    body = _with_rid(body, rid)
             tried.add(w)
             w.in_flight += 1
             w.total_requests += 1
@@ -943,7 +959,7 @@ class App:
                     if prepare is None:
                         resp = await upstream.post(w.url + path, body)
                     else:
-                        url, wbody, wheaders = prepare(w)
+                        url, wbody, wheaders = prepare(w, rid)
                         resp = await upstream.post(url, wbody, wheaders)
                     status = resp.status
                     if status != 200:

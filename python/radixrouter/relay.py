@@ -272,11 +272,11 @@ class Relay:
             if k in _FORWARD_REQUEST:
                 fwd[k.decode("latin-1")] = v.decode("latin-1")
 
-        def prepare(w: Worker) -> tuple[str, bytes, dict]:
+        def prepare(w: Worker, attempt_rid: str) -> tuple[str, bytes, dict]:
             x = w.extra
             req["model"] = x["model"] or client_model
             if w.kind == "sglang":
-                req["rid"] = rid  # so /abort_request can name it
+                req["rid"] = attempt_rid  # so /abort_request can name it
             elif not had_rid:
                 req.pop("rid", None)
             headers = x["headers"]

@@ -72,6 +72,8 @@ the first pending fault; `count` (default 1; -1 = until cleared) says how many r
 - `{"close_after_tokens": K}`: drop the connection after K generated tokens (the response declares a
   Content-Length it never reaches, so clients see an incomplete body, as when a worker dies).
 - `{"stall_s": S}`: stall S seconds before the prefill (abortable; a disconnect is noticed).
+- `{"linger_s": S}`: the request's id stays known S seconds after it ended or was aborted (SGLang keeps a
+  rid until its scheduler has acknowledged the abort): a new request with that `rid` gets "Duplicate request ID".
 - `{"reply": "text"}`: generate exactly the tokens of this text (special tokens recognized, e.g.
   `<think>`, `<tool_call>`), then EOS (for tool-call and reasoning tests).
 Keys combine (e.g. reply + stall). The same object as a top-level `"sim"` field of one request applies to

@@ -181,7 +181,7 @@ class SimApp:
                 raise BadRequest("rid must be a string")
         elif not isinstance(rid, str):
             raise BadRequest("rid must be a string")
-        if rid in self.engine.requests:
+        if rid in self.engine.requests or rid in self.engine.lingering:
             raise BadRequest(f"Duplicate request ID: {rid}")
         return Request(rid, fault)
 

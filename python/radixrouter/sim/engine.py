@@ -179,12 +179,14 @@ class Fault:
     close_after_tokens: int | None = None  # drop the connection after K tokens were sent
     stall_s: float | None = None  # stall this long before the first token
     reply: str | None = None  # generate exactly this text (tokenized), then EOS
+    linger_s: float | None = None  # keep the rid registered this long after the request ended (as SGLang
+    # does until its scheduler has acknowledged an abort): a new request with the same rid is a duplicate
 
     @classmethod
     def parse(cls, raw: Any) -> Fault:
         if not isinstance(raw, dict):
             raise BadRequest("a fault must be an object")
-        known = {"count", "status", "body", "close_after_tokens", "stall_s", "reply"}
+        known = {"count", "status", "body", "close_after_tokens", "stall_s", "reply", "linger_s"}
         unknown = set(raw) - known
         if unknown:
             raise BadRequest(f"unknown fault field(s): {sorted(unknown)}; known: {sorted(known)}")
@@ -199,6 +201,8 @@ class Fault:
             raise BadRequest("close_after_tokens must be a non-negative integer")
         if f.stall_s is not None and (not isinstance(f.stall_s, (int, float)) or not 0 <= f.stall_s <= 3600):
             raise BadRequest("stall_s must be a number of seconds in [0, 3600]")
+        if f.linger_s is not None and (not isinstance(f.linger_s, (int, float)) or not 0 <= f.linger_s <= 3600):
+            raise BadRequest("linger_s must be a number of seconds in [0, 3600]")
         if f.reply is not None and not isinstance(f.reply, str):
             raise BadRequest("reply must be a string")
         return f
@@ -329,6 +333,7 @@ class Engine:
         self.running = 0  # sequences holding a slot
         self.waiting: deque[Request] = deque()
         self.requests: dict[str, Request] = {}
+        self.lingering: set[str] = set()  # rids of ended requests still known (fault linger_s)
         self.faults: list[Fault] = []
         self.healthy = True
         self.started = time.time()
@@ -615,6 +620,10 @@ class Engine:
         finally:
             self._release(req)
             self.requests.pop(req.rid, None)
+            linger = req.fault.linger_s if req.fault is not None else None
+            if linger:
+                self.lingering.add(req.rid)
+                asyncio.get_running_loop().call_later(linger, self.lingering.discard, req.rid)
             for seq in locked:
                 kv.unlock(seq.node)  # type: ignore[arg-type]
                 kv.insert(seq.prompt + seq.out)
