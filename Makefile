@@ -61,6 +61,10 @@ fuzz: build-prod ## a longer bounded fuzz run of the SSE decoder (FUZZ_SECONDS, 
 soak: build-prod ## mixed load for SOAK_SECONDS (default 60): memory per request, nothing left running, no errors
 	$(PY) benches/soak.py $${SOAK_SECONDS:-60}
 
+.PHONY: chaos
+chaos: build-prod ## mixed load while workers fail (CHAOS_SECONDS, default 60): every answer complete or a clean error
+	$(PY) benches/chaos.py $${CHAOS_SECONDS:-60}
+
 .PHONY: wheel
 wheel: venv ## build the release abi3 wheel into dist/
 	$(BIN)/maturin build -q --release -o dist

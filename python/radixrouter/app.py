@@ -46,6 +46,7 @@ from radixrouter.openai_api import (
     finish_reason,
     parse_chat,
     parse_completion,
+    transport_error,
     usage_obj,
 )
 from radixrouter.relay import reframe
@@ -966,7 +967,7 @@ class App:
                         data = await resp.read()
                 except TRANSPORT_ERRORS as e:
                     pool.request_failed(w)
-                    last = ApiError(502, f"worker {w.url} failed: {e.__class__.__name__}: {e}", code="upstream_error")
+                    last = transport_error(f"worker {w.url}", "failed", e)
                     continue
                 if status != 200:
                     err = _worker_error(status, data, w.url) if error is None else error(status, data)
@@ -1011,7 +1012,7 @@ class App:
         try:
             data = await resp.read()
         except TRANSPORT_ERRORS as e:
-            raise UpstreamFailure(ApiError(502, f"worker {w.url} failed: {e}", code="upstream_error"), True) from None
+            raise UpstreamFailure(transport_error(f"worker {w.url}", "failed", e), True) from None
         try:
             return _loads(data)
         except orjson.JSONDecodeError:
@@ -1059,7 +1060,7 @@ class App:
             chunk = await (self._next_chunk(ex, w, content, deadline, keepalive) if first else content.readany())
         except TRANSPORT_ERRORS as e:
             raise UpstreamFailure(
-                ApiError(502, f"worker {w.url} connection failed: {e.__class__.__name__}", code="upstream_error"),
+                transport_error(f"worker {w.url}", "connection failed", e),
                 retryable) from None
         if not chunk:
             raise UpstreamFailure(
@@ -1226,7 +1227,7 @@ class App:
                 try:
                     data = await resp.read()
                 except TRANSPORT_ERRORS as e:
-                    raise UpstreamFailure(ApiError(502, f"worker {w.url} failed: {e}", code="upstream_error"),
+                    raise UpstreamFailure(transport_error(f"worker {w.url}", "failed", e),
                                           True) from None
                 return w, data
             dec = SseDecoder()
@@ -1237,8 +1238,7 @@ class App:
                 try:
                     chunk = await (content.readany() if emitted else self._next_chunk(ex, w, content, deadline, True))
                 except TRANSPORT_ERRORS as e:
-                    raise UpstreamFailure(ApiError(502, f"worker {w.url} connection failed: {e}",
-                                                   code="upstream_error"), not emitted) from None
+                    raise UpstreamFailure(transport_error(f"worker {w.url}", "connection failed", e), not emitted) from None
                 if not chunk:
                     raise UpstreamFailure(ApiError(502, f"worker {w.url} ended the stream early",
                                                    code="upstream_error"), not emitted)
@@ -1758,7 +1758,7 @@ class App:
             try:
                 data = await resp.read()
             except TRANSPORT_ERRORS as e:
-                raise UpstreamFailure(ApiError(502, f"worker {w.url} failed: {e}", code="upstream_error"), True) from None
+                raise UpstreamFailure(transport_error(f"worker {w.url}", "failed", e), True) from None
             return w, data
 
         w, data = await self._call(ex, ctx, "/generate", body, rid, consume)
@@ -1794,8 +1794,7 @@ class App:
                 try:
                     chunk = await (self._next_chunk(ex, w, content, deadline, True) if not emitted else content.readany())
                 except TRANSPORT_ERRORS as e:
-                    raise UpstreamFailure(ApiError(502, f"worker {w.url} connection failed: {e}",
-                                                   code="upstream_error"), not emitted) from None
+                    raise UpstreamFailure(transport_error(f"worker {w.url}", "connection failed", e), not emitted) from None
                 if not chunk:
                     if last is None:
                         raise UpstreamFailure(ApiError(502, f"worker {w.url} ended the stream early",

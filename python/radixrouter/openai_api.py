@@ -76,6 +76,12 @@ def _default_type(status: int) -> str:
     return "invalid_request_error"
 
 
+def transport_error(who: str, what: str, e: BaseException) -> ApiError:
+    """502 for a failed upstream exchange: "<who> <what>: <reason>", the reason being the exception's text, or
+    its class when it has none (a timeout)."""
+    return ApiError(502, f"{who} {what}: {str(e) or e.__class__.__name__}", code="upstream_error")
+
+
 def bad(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, param=param)
 

@@ -37,7 +37,7 @@ import orjson
 from radixrouter import SseDecoder, encode_event
 from radixrouter.metrics import mark_frame
 from radixrouter.models_config import ModelSpec
-from radixrouter.openai_api import ApiError, bad
+from radixrouter.openai_api import ApiError, bad, transport_error
 from radixrouter.upstream import TRANSPORT_ERRORS
 from radixrouter.workers import RouteContext, Worker, WorkerPool, make_policy, pool_options
 
@@ -329,8 +329,7 @@ class Relay:
         try:
             data = await resp.read()
         except TRANSPORT_ERRORS as e:
-            raise UpstreamFailure(ApiError(502, f"upstream {w.url} failed: {e.__class__.__name__}",
-                                           code="upstream_error"), True) from None
+            raise UpstreamFailure(transport_error(f"upstream {w.url}", "failed", e), True) from None
         ct = resp.headers.get("content-type") or resp.headers.get("Content-Type") or "application/json"
         return w, self._response_headers(w, resp, ct.encode("latin-1")), data
 
@@ -349,8 +348,7 @@ class Relay:
                 try:
                     chunk = await (content.readany() if emitted else app._next_chunk(ex, w, content, deadline, True))
                 except TRANSPORT_ERRORS as e:
-                    raise UpstreamFailure(ApiError(502, f"upstream {w.url} connection failed: "
-                                                   f"{e.__class__.__name__}", code="upstream_error"),
+                    raise UpstreamFailure(transport_error(f"upstream {w.url}", "connection failed", e),
                                           not emitted) from None
                 if not chunk:
                     raise UpstreamFailure(ApiError(502, f"upstream {w.url} ended the stream without [DONE]",
