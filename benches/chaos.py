@@ -2,12 +2,14 @@
 mangled: every response is either a complete, well-formed answer or a clean error in OpenAI's shape.
 
 Three simulated workers (Qwen3 tokenizer) behind `radixrouter serve` (cache_aware, first-token timeout 2 s,
-health probes every 0.5 s). For CHAOS_SECONDS (default 60) a fault injector picks a worker every 50-250 ms
+health probes every 0.5 s; the same workers' OpenAI endpoints also serve model "relayed" through
+`--openai-url`, the relay path). For CHAOS_SECONDS (default 60) a fault injector picks a worker every 50-250 ms
 and queues one of: HTTP 503 (1-3 requests), 500, 429, a connection dropped after K = 1-5 generated tokens
 (the whole answer is lost for a non-streamed request, a stream is cut after its first tokens), a stall longer than the first-token timeout whose request id the worker keeps for a
 second after the abort (as SGLang does until its scheduler acknowledges it), or an unhealthy second on the
 health endpoints. Meanwhile these clients run in a loop each: 6 non-streaming chats, 6 streaming chats (with
-usage), 2 streaming chats with n=2, 2 /v1/completions, 2 streaming /generate, 1 client leaving mid-stream.
+usage), 2 streaming chats with n=2, 2 /v1/completions, 2 streaming /generate, 2 non-streaming and 2 streaming
+relayed chats, 1 client leaving mid-stream.
 
 Each response is classified:
 - ok: HTTP 200 and complete (non-streamed: a parseable body with content; streamed: every frame `data: `
@@ -47,6 +49,7 @@ from simutil import SimWorkers, http_json  # noqa: E402
 from test_router import RouterProcess  # noqa: E402
 
 MODEL = "qwen3-sim"
+RELAYED = "relayed"  # the same workers' OpenAI endpoints, as --openai-url upstreams (radixrouter.relay)
 CLEAN_STATUSES = {429, 502, 503, 504}
 ROUTE_LABELS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/generate": "generate"}
 STAMP = 60.0  # a response taking longer than this is a hang
@@ -142,7 +145,8 @@ class Chaos:
         while time.monotonic() < self.t_end:
             msgs = [{"role": "user", "content": self.prompt(rng)}]
             n = 2 if kind == "chat-n2" else 1
-            stream = kind in ("chat-stream", "chat-n2", "generate")
+            stream = kind in ("chat-stream", "chat-n2", "generate", "relay-stream")
+            model = RELAYED if kind.startswith("relay") else MODEL
             if kind == "generate":
                 route, body = "/generate", {"text": self.prompt(rng), "stream": True,
                                             "sampling_params": {"max_new_tokens": rng.randrange(1, 16)}}
@@ -150,7 +154,7 @@ class Chaos:
                 route, body = "/v1/completions", {"model": MODEL, "prompt": self.prompt(rng), "max_tokens": 8}
             else:
                 route = "/v1/chat/completions"
-                body = {"model": MODEL, "messages": msgs, "max_tokens": rng.randrange(1, 24), "n": n}
+                body = {"model": model, "messages": msgs, "max_tokens": rng.randrange(1, 24), "n": n}
                 if stream:
                     body.update(stream=True, stream_options={"include_usage": True})
             try:
@@ -168,8 +172,8 @@ class Chaos:
             else:
                 try:
                     obj = orjson.loads(raw)
-                    text = (obj["choices"][0]["message"]["content"] if kind == "chat"
-                            else obj["choices"][0]["text"])
+                    text = (obj["choices"][0]["text"] if kind == "completion"
+                            else obj["choices"][0]["message"]["content"])
                     outcome, detail = ("ok", "") if isinstance(text, str) and obj["usage"] else (
                         "broken", f"incomplete body {raw[:200]!r}")
                 except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
@@ -224,7 +228,8 @@ class Chaos:
             await r.read()
 
     async def run(self) -> None:
-        kinds = ["chat"] * 6 + ["chat-stream"] * 6 + ["chat-n2"] * 2 + ["completion"] * 2 + ["generate"] * 2
+        kinds = (["chat"] * 6 + ["chat-stream"] * 6 + ["chat-n2"] * 2 + ["completion"] * 2 + ["generate"] * 2
+                 + ["relay-chat"] * 2 + ["relay-stream"] * 2)
         async with session(32) as s, session(4) as ctl:
             await asyncio.gather(self.injector(ctl), self.leaver(),
                                  *(self.client(s, i, k) for i, k in enumerate(kinds)))
@@ -250,7 +255,10 @@ def main() -> int:
     with SimWorkers(3, model=MODEL, tokenizer="qwen3", decode_tokens_per_s=400) as ws:
         flags = dict(first_token_timeout=2.0, retry_backoff=0.01, health_check_interval=0.5,
                      health_failure_threshold=1, breaker_cooldown=1.0)
-        with RouterProcess(ws.urls, **flags) as router:
+        router = RouterProcess(ws.urls, **flags)
+        for u in ws.urls:
+            router.argv += ["--openai-url", f"{RELAYED}={u}"]
+        with router:
             chaos = Chaos(router.url, ws.urls, seconds)
             t0 = time.monotonic()
             asyncio.run(chaos.run())
