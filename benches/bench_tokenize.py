@@ -220,13 +220,20 @@ def main() -> None:
     s = setup(args.prompts)
     prompts = s["prompts"]
 
-    def per_call(f: Callable[[], None], n: int) -> float:
-        ts = []
+    def per_call(ways: dict[str, Callable[[], None]], n: int) -> dict[str, float]:
+        """CPU µs per call of each way, median over the rounds; the ways take turns within each round, so
+        that a change in the machine's load affects them alike."""
+        ts: dict[str, list[float]] = {name: [] for name in ways}
         for _ in range(args.rounds):
-            t0 = time.process_time()
-            f()
-            ts.append((time.process_time() - t0) / n * 1e6)
-        return statistics.median(ts)
+            for name, f in ways.items():
+                t0 = time.process_time()
+                f()
+                ts[name].append((time.process_time() - t0) / n * 1e6)
+        return {name: statistics.median(t) for name, t in ts.items()}
+
+    def show(times: dict[str, float], base: str) -> None:
+        for name, m in times.items():
+            print(f"  {name:36s} {m:7.2f} µs   {times[base] / m:5.1f}x")
 
     for model, by_kind in prompts.items():
         tok = s["toks"][model]
@@ -237,23 +244,20 @@ def main() -> None:
                 f"{model}, {kind}: {len(ps)} prompts, {n_tokens:.0f} tokens / {n_chars:.0f} characters each on "
                 f"average; CPU µs per prompt (median of {args.rounds})"
             )
-            times = {}
-            for name, f in s["encoders"][model].items():
-                if kind == "English" or "Python" not in name:
-                    times[name] = per_call(lambda f=f, ps=ps: [f(p) for p in ps], len(ps))
-            base = times["tokenizers encode(...).ids"]
-            for name, m in times.items():
-                print(f"  {name:36s} {m:7.2f} µs   {base / m:5.1f}x")
+            ways = {
+                name: lambda f=f, ps=ps: [f(p) for p in ps]
+                for name, f in s["encoders"][model].items()
+                if kind == "English" or "Python" not in name
+            }
+            show(per_call(ways, len(ps)), "tokenizers encode(...).ids")
     reps = 20_000
     for n, (ids, text) in s["outputs"].items():
         print(f"output check, {n + 1} ids: CPU µs per check (median of {args.rounds})")
-        times = {
-            name: per_call(lambda f=f, ids=ids, text=text: [f(ids, text) for _ in range(reps)], reps)
+        ways = {
+            name: lambda f=f, ids=ids, text=text: [f(ids, text) for _ in range(reps)]
             for name, f in s["checks"].items()
         }
-        base = times["tokenizers decode(...) == text"]
-        for name, m in times.items():
-            print(f"  {name:36s} {m:7.2f} µs   {base / m:5.1f}x")
+        show(per_call(ways, reps), "tokenizers decode(...) == text")
 
 
 if __name__ == "__main__":
