@@ -561,8 +561,8 @@ _UNICODE_NORMALIZERS = ("NFC", "NFD", "NFKC", "NFKD")  # all leave ASCII text un
 class _AsciiEncoder:
     """Token ids of ASCII text without the tokenizers pipeline, for byte-level BPE tokenizers whose
     pre-tokenizer is one ``Split`` regex (Isolated) followed by ``ByteLevel`` without its own regex (Qwen,
-    Llama-3, DeepSeek, GPT-4 style) and whose normalizer, if any, is Unicode normalization (a no-op on
-    ASCII). Same steps as tokenizers: split at added tokens (leftmost-longest), split the rest with the
+    Llama-3, GPT-4 style; not DeepSeek's three ``Split`` regexes, which stay with tokenizers) and whose
+    normalizer, if any, is Unicode normalization (a no-op on ASCII). Same steps as tokenizers: split at added tokens (leftmost-longest), split the rest with the
     pre-tokenizer's regex (``\\p{L}`` / ``\\p{N}`` are ``[A-Za-z]`` / ``[0-9]`` on ASCII, compiled with
     ``re.ASCII``), map each piece to byte-level characters and run the BPE model on it, with a cache of
     piece -> ids. About 5x cheaper than ``Tokenizer.encode`` on a chat prompt; ``encode`` returns None

@@ -146,8 +146,8 @@ pub struct Bpe {
     merges: HashMap<(u32, u32), (u32, u32)>,
     /// With `ignore_merges`: vocabulary tokens by their bytes.
     whole: Option<HashMap<Box<[u8]>, u32>>,
-    /// Added tokens, longest first.
-    added: Vec<(Box<[u8]>, u32)>,
+    /// Added tokens.
+    added: AddedTrie,
     /// Which bytes start an added token: a table, and the list.
     added_first: [bool; 256],
     added_starts: Vec<u8>,
@@ -168,6 +168,65 @@ struct PieceCache {
 }
 
 const ABSENT: (u32, u32) = (0, u32::MAX);
+
+/// Added tokens as a byte trie, so that the longest one at a position is found in one walk
+/// over the text (Llama-3 has 256 added tokens, all starting with `<|`).
+struct AddedTrie {
+    nodes: Vec<TrieNode>,
+}
+
+#[derive(Default)]
+struct TrieNode {
+    /// (byte, child node), sorted by byte.
+    next: Vec<(u8, u32)>,
+    /// The token that ends here.
+    id: Option<u32>,
+}
+
+impl TrieNode {
+    fn child(&self, b: u8) -> Result<usize, usize> {
+        self.next.binary_search_by_key(&b, |&(c, _)| c)
+    }
+}
+
+impl AddedTrie {
+    /// Where several tokens have the same content, the first one given wins.
+    fn new(tokens: &[(String, u32)]) -> AddedTrie {
+        let mut nodes = vec![TrieNode::default()];
+        for (content, id) in tokens {
+            let mut at = 0;
+            for &b in content.as_bytes() {
+                at = match nodes[at].child(b) {
+                    Ok(k) => nodes[at].next[k].1 as usize,
+                    Err(k) => {
+                        let new = nodes.len();
+                        nodes[at].next.insert(k, (b, new as u32));
+                        nodes.push(TrieNode::default());
+                        new
+                    }
+                };
+            }
+            nodes[at].id.get_or_insert(*id);
+        }
+        AddedTrie { nodes }
+    }
+
+    /// The longest token `s` starts with, as (its length, its id).
+    fn longest(&self, s: &[u8]) -> Option<(usize, u32)> {
+        let (mut at, mut found) = (0, None);
+        for (k, &b) in s.iter().enumerate() {
+            let node = &self.nodes[at];
+            match node.child(b) {
+                Ok(i) => at = node.next[i].1 as usize,
+                Err(_) => break,
+            }
+            if let Some(id) = self.nodes[at].id {
+                found = Some((k + 1, id));
+            }
+        }
+        found
+    }
+}
 
 /// Whether a character leaves any text around it in NFC: canonical combining class 0 and
 /// NFC quick check "yes" (it never composes with what precedes it nor needs reordering).
@@ -294,16 +353,10 @@ impl Bpe {
             merges.insert((left, right), (rank, id(&joined)?));
         }
 
-        let mut added: Vec<(Box<[u8]>, u32)> = spec
-            .added
-            .iter()
-            .map(|(c, id)| (Box::from(c.as_bytes()), *id))
-            .collect();
-        // Longest first; a stable sort keeps the given order among equal lengths.
-        added.sort_by_key(|(c, _)| std::cmp::Reverse(c.len()));
+        let added = AddedTrie::new(&spec.added);
         let mut added_first = [false; 256];
-        for (c, _) in &added {
-            added_first[c[0] as usize] = true;
+        for (c, _) in &spec.added {
+            added_first[c.as_bytes()[0] as usize] = true;
         }
         let added_starts = (0..=255u8).filter(|&b| added_first[b as usize]).collect();
         if spec.normalizer == Normalizer::Nfc {
@@ -345,11 +398,11 @@ impl Bpe {
         // Added tokens, leftmost first, the longest where several start at the same place.
         let (mut pos, mut i) = (0, 0);
         while let Some(j) = self.next_added_start(s, i) {
-            match self.added.iter().find(|(c, _)| s[j..].starts_with(c)) {
-                Some((c, id)) => {
+            match self.added.longest(&s[j..]) {
+                Some((len, id)) => {
                     self.segment(&text[pos..j], &mut cache, &mut ids)?;
-                    ids.push(*id);
-                    pos = j + c.len();
+                    ids.push(id);
+                    pos = j + len;
                     i = pos;
                 }
                 None => i = j + 1,

@@ -133,6 +133,26 @@ fn added_tokens_leftmost_then_longest() {
 }
 
 #[test]
+fn added_tokens_sharing_prefixes() {
+    // Llama-3 style: many tokens with a common prefix, some a prefix of others
+    let mut names: Vec<String> = (0..300).map(|k| format!("<|reserved_{k}|>")).collect();
+    names.extend(["<|eot|>", "<|eot|><|eot|>", "<|e", "<|reserved_1|>"].map(String::from));
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let bpe = build(&[], &refs, 1, false);
+    let ids = |s: &str| bpe.encode(s).unwrap();
+    assert_eq!(ids("<|reserved_1|>"), [1001]); // the first of two equal contents
+    assert_eq!(ids("<|reserved_12|><|reserved_123|>"), [1012, 1123]);
+    assert_eq!(ids("<|reserved_299|>x"), [1299, u32::from(b'x')]);
+    // the longest that matches, not the longest that starts to match
+    assert_eq!(ids("<|eot|><|eot|>"), [1301]);
+    assert_eq!(ids("<|eot|><|eo"), [1300, 1302, u32::from(b'o')]);
+    assert_eq!(ids("<|eot"), [1302, u32::from(b'o'), u32::from(b't')]);
+    // no token: plain text (bytes, without merges)
+    assert_eq!(ids("<|reserved_300|>"), bytes_of("<|reserved_300|>"));
+    assert_eq!(ids("<|reserved_3"), bytes_of("<|reserved_3"));
+}
+
+#[test]
 fn added_tokens_with_many_first_bytes() {
     // one to five distinct first bytes (memchr, memchr2, memchr3, then a table)
     let all = ["<a>", "[b]", "{c}", "(d)", "x!"];
