@@ -3,17 +3,30 @@ end-to-end behaviour is in test_fleet.py)."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import pytest
 
 import radixrouter
+from radixrouter import workers
 from radixrouter.app import create_app
 from radixrouter.config import Config
 from radixrouter.workers import CacheAware, RouteContext, WorkerPool, make_policy
 
 URLS = [f"http://127.0.0.1:{9000 + i}" for i in range(4)]
+
+
+class FakeClock:
+    """Stands in for the `time` module of radixrouter.workers: `monotonic()` moves only on `advance()`."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def pool(policy: str = "round_robin", cache=None, **kw) -> WorkerPool:
@@ -78,7 +91,11 @@ def test_cache_aware_follows_the_longest_match_until_the_balance_thresholds():
     assert p.pick(short) is not ws[2]
 
 
-def test_breaker_opens_on_consecutive_failures_and_half_opens():
+def test_breaker_opens_on_consecutive_failures_and_half_opens(monkeypatch):
+    # the pool's clock is a fake one: the cooldown passes when the test says so, not after a sleep that a
+    # busy machine could stretch past the cooldown before an "is it still open" check
+    clock = FakeClock()
+    monkeypatch.setattr(workers, "time", clock)
     p = pool(breaker_threshold=3, breaker_cooldown=0.2)
     w = p.list()[0]
     p.request_failed(w)
@@ -86,13 +103,15 @@ def test_breaker_opens_on_consecutive_failures_and_half_opens():
     p.request_ok(w)  # a success resets the count
     p.request_failed(w)
     p.request_failed(w)
-    now = time.monotonic()
+    now = clock.monotonic()
     assert p.routable(w, now)
     p.request_failed(w)  # third in a row: open
-    assert not p.routable(w, time.monotonic())
+    assert not p.routable(w, clock.monotonic())
     assert all(p.pick(RouteContext()) is not w for _ in range(20))
-    time.sleep(0.25)
-    assert p.routable(w, time.monotonic())  # half-open: exactly one trial request
+    clock.advance(0.15)
+    assert not p.routable(w, clock.monotonic())  # still inside the cooldown
+    clock.advance(0.1)
+    assert p.routable(w, clock.monotonic())  # half-open: exactly one trial request
     trial = None
     for _ in range(20):
         x = p.pick(RouteContext())
@@ -100,21 +119,21 @@ def test_breaker_opens_on_consecutive_failures_and_half_opens():
             trial = x
             break
         p.request_done(x)
-    assert trial is w and not p.routable(w, time.monotonic())
+    assert trial is w and not p.routable(w, clock.monotonic())
     p.request_failed(w)  # the trial failed: open for another cooldown
-    assert not p.routable(w, time.monotonic())
-    time.sleep(0.25)
+    assert not p.routable(w, clock.monotonic())
+    clock.advance(0.25)
     p.request_ok(w)  # a successful trial closes it
-    assert p.routable(w, time.monotonic()) and w.breaker_open_until == 0.0
+    assert p.routable(w, clock.monotonic()) and w.breaker_open_until == 0.0
     # a trial that ends without a verdict (the client left, a 4xx) frees the slot for another trial
     for _ in range(3):
         p.request_failed(w)
-    time.sleep(0.25)
+    clock.advance(0.25)
     while p.pick(RouteContext()) is not w:
         pass
-    assert not p.routable(w, time.monotonic())
+    assert not p.routable(w, clock.monotonic())
     p.request_done(w)
-    assert p.routable(w, time.monotonic())
+    assert p.routable(w, clock.monotonic())
 
 
 def test_health_thresholds_and_no_fallback_to_unhealthy_workers():

@@ -439,14 +439,18 @@ def test_fault_scripted_reply_and_stall(client, worker, tok):
 
 def test_duplicate_rid_and_linger(client, worker):
     """A rid the worker still holds is rejected like SGLang does; `linger_s` keeps an ended request's rid."""
-    worker.fault(linger_s=0.5)
+    # a linger far longer than the gap between two requests, however busy the machine
+    worker.fault(linger_s=60)
     assert client.post("/generate", json={"text": "a", "rid": "same-1"}).status_code == 200
     r = client.post("/generate", json={"text": "b", "rid": "same-1"})
     assert r.status_code == 400 and "Duplicate request ID: same-1" in r.json()["error"]["message"]
     assert client.post("/generate", json={"text": "c", "rid": "same-2"}).status_code == 200  # no fault: no linger
     assert client.post("/generate", json={"text": "d", "rid": "same-2"}).status_code == 200
+    # the rid is free again once the linger is over
+    worker.fault(linger_s=0.2)
+    assert client.post("/generate", json={"text": "e", "rid": "same-3"}).status_code == 200
     deadline = time.monotonic() + 10
-    while client.post("/generate", json={"text": "e", "rid": "same-1"}).status_code != 200:
+    while client.post("/generate", json={"text": "f", "rid": "same-3"}).status_code != 200:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert client.post("/sim/fault", json={"linger_s": -1}).status_code == 400

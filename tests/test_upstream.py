@@ -189,8 +189,11 @@ def router(sim, sloppy, tmp_path_factory):
     sloppy upstream with its key; the client's own key is the router's --api-key."""
     cfg = tmp_path_factory.mktemp("cfg") / "models.toml"
     cfg.write_text(f'[models.simchat]\nupstreams = [{{ url = "{sim.url}/v1", model = "{SIM_MODEL}" }}]\n'
-                   # the error tests get their own model (pool, breaker) on the same upstream
-                   f'[models.sloppy-err]\nupstreams = [{{ url = "{sloppy.url}", api_key_env = "UPSTREAM_KEY" }}]\n')
+                   # the error tests get their own model (pool, breaker) on the same upstream; the 5xx case a
+                   # model of its own again: its failures open that pool's breaker, and a 4xx case run after it
+                   # (another test order) would get the router's 503 "no worker available"
+                   f'[models.sloppy-err]\nupstreams = [{{ url = "{sloppy.url}", api_key_env = "UPSTREAM_KEY" }}]\n'
+                   f'[models.sloppy-5xx]\nupstreams = [{{ url = "{sloppy.url}", api_key_env = "UPSTREAM_KEY" }}]\n')
     with RouterProcess([], qwen3=False, env={"UPSTREAM_KEY": UPSTREAM_KEY}, api_key=CLIENT_KEY,
                        openai_url=f"sloppy={sloppy.url}", openai_api_key_env="UPSTREAM_KEY", config=str(cfg),
                        log_level="debug", health_check_interval=3600) as r:
@@ -222,7 +225,7 @@ def raw_stream(router, body: dict) -> httpx.Response:
 
 def test_models_lists_every_relayed_model(router):
     ids = [m.id for m in client(router).models.list()]
-    assert sorted(ids) == ["simchat", "sloppy", "sloppy-err"]
+    assert sorted(ids) == ["simchat", "sloppy", "sloppy-5xx", "sloppy-err"]
 
 
 @pytest.mark.parametrize("model", ["simchat", "sloppy"])
@@ -300,9 +303,10 @@ def test_upstream_key_injected_and_never_logged(router, sloppy):
 @pytest.mark.parametrize("status,exc", [(400, openai.BadRequestError), (404, openai.NotFoundError),
                                         (422, openai.UnprocessableEntityError), (500, openai.InternalServerError)])
 def test_upstream_errors_relayed_in_openai_shape(router, status, exc):
+    model = "sloppy-5xx" if status >= 500 else "sloppy-err"
     for stream in (False, True):
         with pytest.raises(exc) as e:
-            client(router).chat.completions.create(model="sloppy-err", stream=stream,
+            client(router).chat.completions.create(model=model, stream=stream,
                                                    messages=[{"role": "user", "content": f"status {status}"}])
         assert e.value.status_code == status
         err = e.value.body
