@@ -161,3 +161,49 @@ def test_finished_requests_are_not_kept_in_memory(router):
     _keep_alive_requests(router.url, 3000)
     grown = rss_of_tree(router.proc.pid) - before
     assert grown < 3000 * 250, f"{grown / 3000:.0f} bytes more memory per request"
+
+
+def _stalled_streams(port: int, n: int) -> list[socket.socket]:
+    """`n` raw clients that send a long streaming chat and then read nothing (receive buffer 4 KiB)."""
+    body = json.dumps({"model": MODEL, "stream": True, "max_tokens": 100_000,
+                       "messages": [{"role": "user", "content": "go"}]}).encode()
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        socks.append(s)
+    return socks
+
+
+@pytest.mark.parametrize("interface", ["rsgi", "asgi"])
+def test_clients_that_stop_reading(interface):
+    """Streams whose clients stop reading: when the clients leave, the worker's requests are aborted (both
+    interfaces). Over ASGI granian passes backpressure on (a body channel of one chunk), so the router's memory
+    stays flat however much the worker generates; over RSGI it does not (documented in the README; see
+    benches/slow_reader.py), so only the abort is checked there."""
+    with SimWorker(model=MODEL, tokenizer="qwen3", decode_tokens_per_s=20000, context_length=200_000,
+                   incremental_streaming_output=True) as w, \
+            RouterProcess([w.url], interface=interface) as router:
+        w.fault(reply="hello world " * 60000, count=-1)  # no early end of sequence: 100,000 tokens each
+        base = rss_of_tree(router.proc.pid)
+        socks = _stalled_streams(router.port, 2)
+        try:
+            goal = 120_000 if interface == "asgi" else 20_000  # ~150 bytes of OpenAI chunk per token
+            deadline = time.monotonic() + 60
+            while w.stats()["completion_tokens"] < goal:
+                assert time.monotonic() < deadline, w.stats()
+                time.sleep(0.2)
+            assert w.stats()["running_requests"] == 2  # still generating for clients that read nothing
+            grown = rss_of_tree(router.proc.pid) - base
+            if interface == "asgi":
+                assert grown < 8_000_000, f"router memory grew {grown / 1e6:.1f} MB for clients that read nothing"
+        finally:
+            for s in socks:
+                s.close()
+        deadline = time.monotonic() + 15
+        while w.stats()["running_requests"]:
+            assert time.monotonic() < deadline, "the worker still runs requests of clients that left"
+            time.sleep(0.1)
+        assert w.stats()["aborted"] == 2
