@@ -52,7 +52,7 @@ MODEL = "qwen3-sim"
 RELAYED = "relayed"  # the same workers' OpenAI endpoints, as --openai-url upstreams (radixrouter.relay)
 CLEAN_STATUSES = {429, 502, 503, 504}
 ROUTE_LABELS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/generate": "generate"}
-STAMP = 60.0  # a response taking longer than this is a hang
+HANG_S = 60.0  # a response taking longer than this is a hang
 
 
 class Chaos:
@@ -67,7 +67,7 @@ class Chaos:
         self.broken: list[str] = []
         self.errors: Counter = Counter()  # clean errors by message
         self.faults: Counter = Counter()
-        self.sick: set[str] = set()
+        self.healing: asyncio.Task | None = None  # the unhealthy worker's return to health
 
     def prompt(self, rng: random.Random) -> str:
         return self.prompts[rng.randrange(len(self.prompts))]
@@ -97,7 +97,7 @@ class Chaos:
         """Strict framing: frames separated by one blank line, each `data: <payload>` (or a comment)."""
         if not raw.endswith(b"\n\n"):
             return "broken", f"cut without an error frame: ...{raw[-200:]!r}"
-        frames = [f for f in raw[:-2].split(b"\n\n")]
+        frames = raw[:-2].split(b"\n\n")
         payloads = []
         for f in frames:
             if f.startswith(b":"):
@@ -137,7 +137,7 @@ class Chaos:
 
     # ------------------------------------------------------------------ clients
     async def _post(self, s: aiohttp.ClientSession, path: str, body: dict) -> tuple[int, bytes]:
-        async with s.post(self.url + path, data=orjson.dumps(body), timeout=aiohttp.ClientTimeout(total=STAMP)) as r:
+        async with s.post(self.url + path, data=orjson.dumps(body), timeout=aiohttp.ClientTimeout(total=HANG_S)) as r:
             return r.status, await r.read()
 
     async def client(self, s: aiohttp.ClientSession, i: int, kind: str) -> None:
@@ -160,7 +160,7 @@ class Chaos:
             try:
                 status, raw = await self._post(s, route, body)
             except asyncio.TimeoutError:
-                self.record(kind, route, "broken", f"no answer within {STAMP} s")
+                self.record(kind, route, "broken", f"no answer within {HANG_S} s")
                 continue
             except aiohttp.ClientError as e:
                 self.record(kind, route, "broken", f"{type(e).__name__}: {e}")
@@ -209,12 +209,11 @@ class Chaos:
             if name == "drop":
                 fault["close_after_tokens"] = rng.randrange(1, 6)
             if name == "unhealthy":
-                if self.sick:
+                if self.healing is not None and not self.healing.done():
                     continue  # one unhealthy worker at a time: the others can take its requests
-                self.sick.add(w)
                 async with s.post(w + "/sim/health", json={"healthy": False}) as r:
                     await r.read()
-                asyncio.get_running_loop().call_later(1.0, lambda w=w: asyncio.ensure_future(self._heal(s, w)))
+                self.healing = asyncio.create_task(self._heal(s, w, after=1.0))
             else:
                 async with s.post(w + "/sim/fault", json=fault) as r:
                     if r.status != 200:
@@ -222,8 +221,9 @@ class Chaos:
             self.faults[name] += 1
             await asyncio.sleep(rng.uniform(0.05, 0.25))
 
-    async def _heal(self, s: aiohttp.ClientSession, w: str) -> None:
-        self.sick.discard(w)
+    @staticmethod
+    async def _heal(s: aiohttp.ClientSession, w: str, after: float) -> None:
+        await asyncio.sleep(after)
         async with s.post(w + "/sim/health", json={"healthy": True}) as r:
             await r.read()
 
@@ -233,11 +233,11 @@ class Chaos:
         async with session(32) as s, session(4) as ctl:
             await asyncio.gather(self.injector(ctl), self.leaver(),
                                  *(self.client(s, i, k) for i, k in enumerate(kinds)))
-            await asyncio.sleep(1.2)  # the last unhealthy workers heal
+            if self.healing is not None:
+                await self.healing  # the last unhealthy worker heals
             for w in self.workers:
                 async with ctl.delete(w + "/sim/fault") as r:
                     await r.read()
-                await self._heal(ctl, w)
 
 
 def counted_requests(metrics: str) -> Counter:

@@ -17,16 +17,14 @@ router's memory until the client reads or leaves.
 from __future__ import annotations
 
 import argparse
-import json
-import socket
 import sys
 import time
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "tests")]
 
-from simutil import SimWorkers, rss_of_tree  # noqa: E402
-from test_router import RouterProcess  # noqa: E402
+from simutil import SimWorkers, rss_of_tree, stalled_streams  # noqa: E402
+from test_router import MODEL, RouterProcess  # noqa: E402
 
 
 def main() -> int:
@@ -35,19 +33,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--interface", default="rsgi", choices=["rsgi", "asgi"])
     a = ap.parse_args()
-    with SimWorkers(1, model="qwen3-sim", tokenizer="qwen3", decode_tokens_per_s=20000, context_length=200000,
+    with SimWorkers(1, model=MODEL, tokenizer="qwen3", decode_tokens_per_s=20000, context_length=200000,
                     incremental_streaming_output=True) as ws, RouterProcess(ws.urls, interface=a.interface) as r:
         ws[0].fault(reply="hello world " * 30000, count=-1)  # long answers: no early end of sequence
-        body = json.dumps({"model": "qwen3-sim", "stream": True, "max_tokens": 100000,
-                           "messages": [{"role": "user", "content": "go"}]}).encode()
         base = rss_of_tree(r.proc.pid)
-        socks = []
-        for _ in range(a.streams):
-            s = socket.create_connection(("127.0.0.1", r.port))
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            socks.append(s)
+        socks = stalled_streams(r.port, a.streams, MODEL)
         for t in range(a.seconds):
             time.sleep(1)
             st = ws[0].stats()

@@ -55,6 +55,21 @@ def rss_of_tree(pid: int) -> int:
     return total
 
 
+def stalled_streams(port: int, n: int, model: str) -> list[socket.socket]:
+    """`n` raw clients of the router on `port` that send a long streaming chat and then read nothing (receive
+    buffer 4 KiB); close them to leave."""
+    body = json.dumps({"model": model, "stream": True, "max_tokens": 100_000,
+                       "messages": [{"role": "user", "content": "go"}]}).encode()
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        socks.append(s)
+    return socks
+
+
 def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
     """A tiny blocking HTTP call: returns (status, parsed JSON body or raw text or None)."""
     data = None if body is None else json.dumps(body).encode()

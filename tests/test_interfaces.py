@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from simutil import SimWorker, SimWorkers, rss_of_tree
+from simutil import SimWorker, SimWorkers, rss_of_tree, stalled_streams
 from test_router import CHAT, KEY, MODEL, RouterProcess, check_stream_bytes, post
 
 
@@ -163,20 +163,6 @@ def test_finished_requests_are_not_kept_in_memory(router):
     assert grown < 3000 * 250, f"{grown / 3000:.0f} bytes more memory per request"
 
 
-def _stalled_streams(port: int, n: int) -> list[socket.socket]:
-    """`n` raw clients that send a long streaming chat and then read nothing (receive buffer 4 KiB)."""
-    body = json.dumps({"model": MODEL, "stream": True, "max_tokens": 100_000,
-                       "messages": [{"role": "user", "content": "go"}]}).encode()
-    socks = []
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        socks.append(s)
-    return socks
-
-
 @pytest.mark.parametrize("interface", ["rsgi", "asgi"])
 def test_clients_that_stop_reading(interface):
     """Streams whose clients stop reading: when the clients leave, the worker's requests are aborted (both
@@ -188,7 +174,7 @@ def test_clients_that_stop_reading(interface):
             RouterProcess([w.url], interface=interface) as router:
         w.fault(reply="hello world " * 60000, count=-1)  # no early end of sequence: 100,000 tokens each
         base = rss_of_tree(router.proc.pid)
-        socks = _stalled_streams(router.port, 2)
+        socks = stalled_streams(router.port, 2, MODEL)
         try:
             goal = 120_000 if interface == "asgi" else 20_000  # ~150 bytes of OpenAI chunk per token
             deadline = time.monotonic() + 60

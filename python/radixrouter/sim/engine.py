@@ -10,7 +10,7 @@ import uuid
 from array import array
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .kvcache import RadixKV
@@ -186,7 +186,7 @@ class Fault:
     def parse(cls, raw: Any) -> Fault:
         if not isinstance(raw, dict):
             raise BadRequest("a fault must be an object")
-        known = {"count", "status", "body", "close_after_tokens", "stall_s", "reply", "linger_s"}
+        known = {fl.name for fl in fields(cls)}
         unknown = set(raw) - known
         if unknown:
             raise BadRequest(f"unknown fault field(s): {sorted(unknown)}; known: {sorted(known)}")
@@ -199,10 +199,10 @@ class Fault:
             not isinstance(f.close_after_tokens, int) or f.close_after_tokens < 0
         ):
             raise BadRequest("close_after_tokens must be a non-negative integer")
-        if f.stall_s is not None and (not isinstance(f.stall_s, (int, float)) or not 0 <= f.stall_s <= 3600):
-            raise BadRequest("stall_s must be a number of seconds in [0, 3600]")
-        if f.linger_s is not None and (not isinstance(f.linger_s, (int, float)) or not 0 <= f.linger_s <= 3600):
-            raise BadRequest("linger_s must be a number of seconds in [0, 3600]")
+        for name in ("stall_s", "linger_s"):
+            v = getattr(f, name)
+            if v is not None and (not isinstance(v, (int, float)) or not 0 <= v <= 3600):
+                raise BadRequest(f"{name} must be a number of seconds in [0, 3600]")
         if f.reply is not None and not isinstance(f.reply, str):
             raise BadRequest("reply must be a string")
         return f
