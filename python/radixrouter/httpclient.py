@@ -24,7 +24,7 @@ import ssl
 from collections import deque
 from urllib.parse import urlsplit
 
-__all__ = ["HttpClient", "Response", "UpstreamError"]
+__all__ = ["HttpClient", "RequestHeaders", "Response", "UpstreamError"]
 
 _MAX_HEAD = 64 * 1024
 _MAX_IDLE_PER_HOST = 512
@@ -33,10 +33,27 @@ _PAUSE_AT = 4 * 1024 * 1024
 # parser states
 _HEAD, _LEN, _CHUNKED, _UNTIL_CLOSE, _DONE = range(5)
 _C_SIZE, _C_DATA, _C_CRLF, _C_TRAILER = range(4)
+_WS = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.strip() would also take latin-1's \x85 and \xa0)
 
 
 class UpstreamError(OSError):
     """The upstream connection failed or spoke invalid HTTP."""
+
+
+class RequestHeaders(dict):
+    """Request headers that are encoded once, when created: the client writes ``encoded`` as is instead of
+    formatting the dict per request. A plain dict to everything else (aiohttp, logging); not to be changed
+    after creation."""
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.encoded = _encode_headers(self)
+
+
+def _encode_headers(headers: dict[str, str]) -> bytes:
+    return "".join([f"{k}: {v}\r\n" for k, v in headers.items()]).encode("latin-1")
 
 
 class _Conn(asyncio.Protocol):
@@ -158,29 +175,30 @@ class Response:
                     raise UpstreamError("upstream response headers too large")
                 self._hbuf = buf
                 return None
-            head, buf = buf[:i], buf[i + 4:]
-            lines = head.split(b"\r\n")
-            parts = lines[0].split(b" ", 2)
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-                raise UpstreamError(f"invalid upstream status line {lines[0][:80]!r}")
+            # one decode for the whole head (latin-1 maps every byte), then str operations per line
+            lines = buf[:i].decode("latin-1").split("\r\n")
+            buf = buf[i + 4:]
+            parts = lines[0].split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
+                raise UpstreamError(f"invalid upstream status line {lines[0][:80].encode('latin-1')!r}")
             try:
                 status = int(parts[1])
             except ValueError:
-                raise UpstreamError(f"invalid upstream status line {lines[0][:80]!r}") from None
+                raise UpstreamError(f"invalid upstream status line {lines[0][:80].encode('latin-1')!r}") from None
             if 100 <= status < 200:  # interim response: skip it
                 continue
             break
         self._hbuf = b""
         headers = {}
         for line in lines[1:]:
-            name, sep, value = line.partition(b":")
+            name, sep, value = line.partition(":")
             if not sep:
                 raise UpstreamError("invalid upstream header line")
-            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+            headers[name.strip(_WS).lower()] = value.strip(_WS)
         self.status = status
         self.headers = headers
         conn_h = headers.get("connection", "").lower()
-        if parts[0] == b"HTTP/1.0":
+        if parts[0] == "HTTP/1.0":
             self._keep_alive = "keep-alive" in conn_h
         elif "close" in conn_h:
             self._keep_alive = False
@@ -377,6 +395,15 @@ class Response:
         return bool(self._chunks) or self._error is not None or self._state == _DONE
 
     async def read(self) -> bytes:
+        if self._state == _DONE and self._error is None:  # all there already (a small answer, one read)
+            chunks = self._chunks
+            data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self._buffered = 0
+            if self._conn.paused and self._conn.transport is not None:
+                self._conn.paused = False
+                self._conn.transport.resume_reading()
+            return data
         parts = []
         while True:
             data = await self.readany()
@@ -482,12 +509,15 @@ class HttpClient:
                       headers: dict[str, str] | None = None, timeout: float | None = None) -> Response:
         """Send a request; return once the status and headers arrived (the body is read from the Response)."""
         key, netloc, path = self._target(url)
-        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), path, netloc)
         if headers:
-            head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+            hdrs = headers.encoded if type(headers) is RequestHeaders else _encode_headers(headers)
+        else:
+            hdrs = b""
         if body or method in ("POST", "PUT", "PATCH"):
-            head += b"Content-Length: %d\r\n" % len(body)
-        data = head + b"\r\n" + body
+            data = b"%s %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n%s" % (
+                method.encode(), path, netloc, hdrs, len(body), body)
+        else:
+            data = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (method.encode(), path, netloc, hdrs)
         timeout = self.request_timeout if timeout is None else timeout
         for attempt in (0, 1):
             conn = None

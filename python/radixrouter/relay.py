@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any
 
 import orjson
 
 from radixrouter import SseDecoder, encode_event
+from radixrouter.httpclient import RequestHeaders
 from radixrouter.metrics import mark_frame
 from radixrouter.models_config import ModelSpec
 from radixrouter.openai_api import ApiError, bad, transport_error
@@ -47,9 +49,11 @@ _loads = orjson.loads
 _dumps = orjson.dumps
 _DONE = encode_event(b"[DONE]")
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-_FORWARD_REQUEST = (b"x-request-id", b"traceparent", b"tracestate")
+_FORWARD_REQUEST = tuple((n, n.decode()) for n in (b"x-request-id", b"traceparent", b"tracestate"))
 _KEEP_RESPONSE = ("x-request-id", "openai-processing-ms", "openai-version", "retry-after")
 _PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+_USAGE_AT = re.compile(rb'"usage"\s*:\s*\{')
+_BRACKETS = re.compile(rb"[\[\]{]")
 
 
 class Weighted:
@@ -140,6 +144,7 @@ class Relay:
                 headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
                 if key:
                     headers["Authorization"] = "Bearer " + key
+                headers = RequestHeaders(headers)  # encoded once, not per request
                 w.extra.update(root=u.url, base=u.base_url(), headers=headers, model=u.model, weight=u.weight)
             m = RelayModel(spec.name, pool, spec.passthrough)
             if spec.passthrough:
@@ -147,6 +152,12 @@ class Relay:
             else:
                 self.models[spec.name] = m
         self._listed: tuple[float, list[str]] = (0.0, [])
+        # response starts without upstream headers of their own, per (worker, content type): built once
+        self._starts: dict[tuple[str, str | None], dict] = {}
+        from radixrouter.app import UpstreamFailure, new_id  # noqa: PLC0415 - app imports this module
+
+        self._new_id = new_id
+        self._failure = UpstreamFailure
 
     # ------------------------------------------------------------------ lookup
     def route(self, req: Any, native: str, native_served: bool) -> RelayModel | None:
@@ -262,15 +273,18 @@ class Relay:
         so = req.get("stream_options")
         if so is not None and not isinstance(so, dict):
             raise bad("'stream_options' must be an object", "stream_options")
-        from radixrouter.app import new_id  # noqa: PLC0415 - app imports this module
-
-        rid = req.get("rid") if isinstance(req.get("rid"), str) else new_id()
+        rid = req.get("rid")
         had_rid = "rid" in req
+        if not isinstance(rid, str):
+            rid = self._new_id()
         path = _PATHS[endpoint]
-        fwd = {}
-        for k, v in ex.headers():
-            if k in _FORWARD_REQUEST:
-                fwd[k.decode("latin-1")] = v.decode("latin-1")
+        fwd = None
+        for name, sname in _FORWARD_REQUEST:
+            v = ex.header(name)
+            if v is not None:
+                if fwd is None:
+                    fwd = {}
+                fwd[sname] = v.decode("latin-1")
 
         def prepare(w: Worker, attempt_rid: str) -> tuple[str, bytes, dict]:
             x = w.extra
@@ -281,7 +295,7 @@ class Relay:
                 req.pop("rid", None)
             headers = x["headers"]
             if fwd:
-                headers = dict(headers, **fwd)
+                headers = RequestHeaders(headers, **fwd)
             return x["base"] + path, _dumps(req), headers
 
         ctx = RouteContext(text=key)
@@ -305,77 +319,110 @@ class Relay:
         if stream:
             app._observe(route, ex, stats[0], stats[1], stats[2], stats[3])
             return 200
-        _w, headers, data = result
+        _w, start, data = result
         app._observe(route, ex, None, None, 0, _usage(data))
         ex.started = True
-        await ex.respond({"type": "http.response.start", "status": 200, "headers": headers}, data)
+        await ex.respond(start, data)
         return 200
 
-    @staticmethod
-    def _response_headers(w: Worker, resp: Any, content_type: bytes | None) -> list[tuple[bytes, bytes]]:
-        out = []
-        if content_type is not None:
-            out.append((b"content-type", content_type))
+    def _start(self, w: Worker, resp: Any, content_type: str | None) -> dict:
+        """The ``http.response.start`` of a relayed answer: status 200, the content type (None: a stream's
+        SSE headers), the upstream headers worth keeping and ``x-radixrouter-worker``. Without upstream
+        headers to keep (the usual case) the start is built once per worker and content type and reused
+        (with the RSGI form of its headers, which ``_rsgi_headers`` caches in it)."""
+        kept = None
         for k, v in resp.headers.items():
             k = k.lower()
             if k in _KEEP_RESPONSE or k.startswith("x-ratelimit-"):
-                out.append((k.encode("latin-1"), v.encode("latin-1")))
-        out.append((b"x-radixrouter-worker", w.url.encode()))
-        return out
+                if kept is None:
+                    kept = []
+                kept.append((k.encode("latin-1"), v.encode("latin-1")))
+        if kept is None:
+            start = self._starts.get((w.url, content_type))
+            if start is not None:
+                return start
+        headers = list(_SSE) if content_type is None else [(b"content-type", content_type.encode("latin-1"))]
+        if kept:
+            headers += kept
+        headers.append((b"x-radixrouter-worker", w.url.encode()))
+        start = {"type": "http.response.start", "status": 200, "headers": headers}
+        if kept is None and len(self._starts) < 1024:
+            self._starts[(w.url, content_type)] = start
+        return start
 
     async def _consume_full(self, w: Worker, resp: Any):
-        from radixrouter.app import UpstreamFailure  # noqa: PLC0415
-
         try:
             data = await resp.read()
         except TRANSPORT_ERRORS as e:
-            raise UpstreamFailure(transport_error(f"upstream {w.url}", "failed", e), True) from None
-        ct = resp.headers.get("content-type") or resp.headers.get("Content-Type") or "application/json"
-        return w, self._response_headers(w, resp, ct.encode("latin-1")), data
+            raise self._failure(transport_error(f"upstream {w.url}", "failed", e), True) from None
+        return w, self._start(w, resp, resp.headers.get("content-type") or "application/json"), data
 
     def _consume_stream(self, ex: Any, stats: list):
-        from radixrouter.app import UpstreamFailure  # noqa: PLC0415
-
         app = self.app
+        failure = self._failure
 
         async def consume(w: Worker, resp: Any):
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + app.config.first_token_timeout
+            deadline = asyncio.get_running_loop().time() + app.config.first_token_timeout
             content = resp.content
             dec = SseDecoder()
             emitted = False
+            between = False  # the decoder holds nothing: the last read ended with a blank line (see _plain)
             while True:
                 try:
                     chunk = await (content.readany() if emitted else app._next_chunk(ex, w, content, deadline, True))
                 except TRANSPORT_ERRORS as e:
-                    raise UpstreamFailure(transport_error(f"upstream {w.url}", "connection failed", e),
-                                          not emitted) from None
+                    raise failure(transport_error(f"upstream {w.url}", "connection failed", e), not emitted) from None
                 if not chunk:
-                    raise UpstreamFailure(ApiError(502, f"upstream {w.url} ended the stream without [DONE]",
-                                                   code="upstream_error"), not emitted)
+                    raise failure(ApiError(502, f"upstream {w.url} ended the stream without [DONE]",
+                                           code="upstream_error"), not emitted)
+                if between and emitted and _plain(chunk):
+                    # already strict frames with nothing to look at: decoding and re-encoding them would
+                    # give back the same bytes
+                    mark_frame(stats)
+                    await self._send(ex, w, resp, chunk, True)
+                    continue
                 out, done, err = reframe(dec.feed(chunk), stats, "upstream")
+                between = chunk.endswith(b"\n\n")
                 if err is not None:
                     if out:
-                        await self._send(ex, w, resp, out, True)
-                    raise UpstreamFailure(err, not (emitted or out))
+                        await self._send(ex, w, resp, b"".join(out), True)
+                    raise failure(err, not (emitted or out))
                 if out or done:
                     mark_frame(stats)
                 if done:
                     out.append(_DONE)
-                    await self._send(ex, w, resp, out, False)
+                    await self._send(ex, w, resp, b"".join(out), False)
                     return (w,)
                 if out:
                     emitted = True
-                    await self._send(ex, w, resp, out, True)
+                    await self._send(ex, w, resp, out[0] if len(out) == 1 else b"".join(out), True)
 
         return consume
 
-    async def _send(self, ex: Any, w: Worker, resp: Any, out: list[bytes], more: bool) -> None:
+    async def _send(self, ex: Any, w: Worker, resp: Any, body: bytes, more: bool) -> None:
         if not ex.started:
             ex.started = True
-            await ex.send({"type": "http.response.start", "status": 200,
-                           "headers": _SSE + self._response_headers(w, resp, None)})
-        await ex.send({"type": "http.response.body", "body": b"".join(out), "more_body": more})
+            await ex.send(self._start(w, resp, None))
+        await ex.send({"type": "http.response.body", "body": body, "more_body": more})
+
+
+def _plain(chunk: bytes) -> bool:
+    """Whether a read (that starts between events) is nothing but whole strict frames, each ``data: `` and
+    one non-empty line of valid UTF-8 and a blank line, none of them an error, a usage chunk or ``[DONE]``:
+    what ``reframe`` would give back unchanged. (The checks are on the whole read, so an error, usage or
+    [DONE] anywhere sends it the long way.)"""
+    if (not chunk.endswith(b"\n\n") or b"\r" in chunk or b"[DONE]" in chunk or b'"error"' in chunk
+            or b'"usage":{' in chunk):
+        return False
+    for f in chunk[:-2].split(b"\n\n"):
+        if len(f) <= 6 or not f.startswith(b"data: ") or b"\n" in f:
+            return False
+    if not chunk.isascii():
+        try:
+            chunk.decode()
+        except UnicodeDecodeError:
+            return False
+    return True
 
 
 def reframe(events: Any, stats: list, source: str) -> tuple[list[bytes], bool, ApiError | None]:
@@ -422,8 +469,33 @@ def _usage_tuple(u: dict) -> tuple[int, int, int]:
 
 
 def _usage(data: bytes) -> tuple[int, int, int]:
-    try:
-        u = _loads(data).get("usage")
-    except (orjson.JSONDecodeError, AttributeError):
-        return 0, 0, 0
+    """The usage of a whole answer. Only its ``"usage"`` object is parsed when that is a member of the
+    outermost object and only scalar members follow it (where OpenAI, vLLM and SGLang put it, last or
+    nearly); otherwise the whole answer is."""
+    u = None
+    i = data.rfind(b'"usage"')
+    if i >= 0 and data.lstrip()[:1] == b"{":
+        m = _USAGE_AT.match(data, i)
+        if m is not None:
+            j = m.end() - 1  # the usage object's "{"
+            k = data.find(b"}", j)
+            for _ in range(8):  # usage nests an object or two ("prompt_tokens_details"), not more
+                if k < 0 or data.count(b"{", j, k) == data.count(b"}", j, k) + 1:  # k: the matching "}"
+                    break
+                k = data.find(b"}", k + 1)
+            else:
+                k = -1
+            if k >= 0:
+                rest = data[k + 1:]
+                # the rest closes the outermost object: one "}" (last) and no other bracket
+                if rest.count(b"}") == 1 and rest.rstrip().endswith(b"}") and not _BRACKETS.search(rest):
+                    try:
+                        u = _loads(data[j:k + 1])
+                    except orjson.JSONDecodeError:
+                        u = None
+    if u is None:
+        try:
+            u = _loads(data).get("usage")
+        except (orjson.JSONDecodeError, AttributeError):
+            return 0, 0, 0
     return _usage_tuple(u) if isinstance(u, dict) else (0, 0, 0)
