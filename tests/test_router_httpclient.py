@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radixrouter.httpclient import HttpClient, UpstreamError
+from radixrouter.httpclient import HttpClient, RequestHeaders, UpstreamError
 
 
 class Scripted:
@@ -72,6 +72,34 @@ def test_content_length_and_keepalive_reuse():
                 r.release()
             assert srv.connections == 1
             assert srv.requests[0].startswith(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1:")
+            await c.close()
+
+    run(main())
+
+
+def test_request_bytes_with_plain_and_pre_encoded_headers():
+    """A RequestHeaders (encoded once, when created) puts the same bytes on the wire as the same dict."""
+    async def handler(srv, reader, writer):
+        while True:
+            await srv.read_request(reader)
+            writer.write(b"HTTP/1.1 204 No Content\r\nX-A:  spaced\t\r\n\r\n")
+            await writer.drain()
+
+    async def main():
+        h = {"Content-Type": "application/json", "Authorization": "Bearer k\xe9y"}
+        async with Scripted(handler) as srv:
+            c = HttpClient()
+            for headers in (h, RequestHeaders(h)):
+                r = await c.post(srv.url + "/v1/x", b"{}", headers)
+                assert r.status == 204 and r.headers == {"x-a": "spaced"} and await r.read() == b""
+                r.release()
+            r = await c.request("GET", srv.url + "/health")
+            r.release()
+            host = srv.url.removeprefix("http://").encode()
+            want = (b"POST /v1/x HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                    b"Authorization: Bearer k\xe9y\r\nContent-Length: 2\r\n\r\n{}" % host)
+            assert srv.requests == [want, want, b"GET /health HTTP/1.1\r\nHost: %s\r\n\r\n" % host]
+            assert srv.connections == 1
             await c.close()
 
     run(main())

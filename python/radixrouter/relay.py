@@ -54,6 +54,7 @@ _KEEP_RESPONSE = ("x-request-id", "openai-processing-ms", "openai-version", "ret
 _PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 _USAGE_AT = re.compile(rb'"usage"\s*:\s*\{')
 _BRACKETS = re.compile(rb"[\[\]{]")
+_PARSE_WHOLE_UP_TO = 2048  # bytes of a non-streamed answer parsed whole for its usage
 
 
 class Weighted:
@@ -366,7 +367,6 @@ class Relay:
             content = resp.content
             dec = SseDecoder()
             emitted = False
-            between = False  # the decoder holds nothing: the last read ended with a blank line (see _plain)
             while True:
                 try:
                     chunk = await (content.readany() if emitted else app._next_chunk(ex, w, content, deadline, True))
@@ -375,14 +375,7 @@ class Relay:
                 if not chunk:
                     raise failure(ApiError(502, f"upstream {w.url} ended the stream without [DONE]",
                                            code="upstream_error"), not emitted)
-                if between and emitted and _plain(chunk):
-                    # already strict frames with nothing to look at: decoding and re-encoding them would
-                    # give back the same bytes
-                    mark_frame(stats)
-                    await self._send(ex, w, resp, chunk, True)
-                    continue
                 out, done, err = reframe(dec.feed(chunk), stats, "upstream")
-                between = chunk.endswith(b"\n\n")
                 if err is not None:
                     if out:
                         await self._send(ex, w, resp, b"".join(out), True)
@@ -404,25 +397,6 @@ class Relay:
             ex.started = True
             await ex.send(self._start(w, resp, None))
         await ex.send({"type": "http.response.body", "body": body, "more_body": more})
-
-
-def _plain(chunk: bytes) -> bool:
-    """Whether a read (that starts between events) is nothing but whole strict frames, each ``data: `` and
-    one non-empty line of valid UTF-8 and a blank line, none of them an error, a usage chunk or ``[DONE]``:
-    what ``reframe`` would give back unchanged. (The checks are on the whole read, so an error, usage or
-    [DONE] anywhere sends it the long way.)"""
-    if (not chunk.endswith(b"\n\n") or b"\r" in chunk or b"[DONE]" in chunk or b'"error"' in chunk
-            or b'"usage":{' in chunk):
-        return False
-    for f in chunk[:-2].split(b"\n\n"):
-        if len(f) <= 6 or not f.startswith(b"data: ") or b"\n" in f:
-            return False
-    if not chunk.isascii():
-        try:
-            chunk.decode()
-        except UnicodeDecodeError:
-            return False
-    return True
 
 
 def reframe(events: Any, stats: list, source: str) -> tuple[list[bytes], bool, ApiError | None]:
@@ -469,11 +443,12 @@ def _usage_tuple(u: dict) -> tuple[int, int, int]:
 
 
 def _usage(data: bytes) -> tuple[int, int, int]:
-    """The usage of a whole answer. Only its ``"usage"`` object is parsed when that is a member of the
-    outermost object and only scalar members follow it (where OpenAI, vLLM and SGLang put it, last or
-    nearly); otherwise the whole answer is."""
+    """The usage of a whole answer. In a long answer only its ``"usage"`` object is parsed, when that is a
+    member of the outermost object and only scalar members follow it (where OpenAI, vLLM and SGLang put
+    it, last or nearly); otherwise, and in a short answer (where finding it costs more than parsing it
+    all), the whole answer is."""
     u = None
-    i = data.rfind(b'"usage"')
+    i = data.rfind(b'"usage"') if len(data) > _PARSE_WHOLE_UP_TO else -1
     if i >= 0 and data.lstrip()[:1] == b"{":
         m = _USAGE_AT.match(data, i)
         if m is not None:
