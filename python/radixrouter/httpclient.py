@@ -225,7 +225,7 @@ class Response:
         return buf
 
     def _feed_chunked(self, data: bytes) -> None:
-        # the common case of a stream, one whole chunk per read (`size CRLF data CRLF`), without the loop
+        # the common case of a stream, one whole chunk per read (`size CRLF data CRLF`), without any loop
         if self._cstate == _C_SIZE and not self._cbuf:
             i = data.find(b"\r\n", 0, 18)
             if i > 0:
@@ -237,14 +237,30 @@ class Response:
                 if size > 0 and len(data) == end + 2 and data[end:] == b"\r\n":
                     self._push(data[i + 2 : end])
                     return
-        # one pass with a moving offset (no copying of the remaining buffer per chunk); a partial size
-        # line or CRLF left at the end waits in _cbuf for the next read
         if self._cbuf:
             data = self._cbuf + data
             self._cbuf = b""
         pos = 0
         n = len(data)
         out = []
+        if self._cstate == _C_SIZE:
+            # several whole chunks in one read (a stream read late): without the state machine (an
+            # extension or anything odd in a size line: the general path)
+            while True:
+                i = data.find(b"\r\n", pos, pos + 18)
+                if i <= pos:
+                    break
+                try:
+                    size = int(data[pos:i], 16)
+                except ValueError:
+                    break
+                end = i + 2 + size
+                if size <= 0 or end + 2 > n or data[end:end + 2] != b"\r\n":
+                    break
+                out.append(data[i + 2:end])
+                pos = end + 2
+        # the general case, one pass with a moving offset (no copying of the remaining buffer per chunk); a
+        # partial size line or CRLF left at the end waits in _cbuf for the next read
         while pos < n:
             cs = self._cstate
             if cs == _C_DATA:
