@@ -433,13 +433,13 @@ def reframe(events: Any, stats: list, source: str) -> tuple[list[bytes], bool, A
 
 
 def _usage_tuple(u: dict) -> tuple[int, int, int]:
-    details = u.get("prompt_tokens_details") or {}
+    details = u.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    return _num(u.get("prompt_tokens")), _num(cached), _num(u.get("completion_tokens"))
 
-    def num(v: Any) -> int:
-        return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
-    return num(u.get("prompt_tokens")), num(cached), num(u.get("completion_tokens"))
+def _num(v: Any) -> int:
+    return v if type(v) is int else 0  # (not a bool)
 
 
 def _usage(data: bytes) -> tuple[int, int, int]:
