@@ -354,7 +354,7 @@ def parse_chat(req: Any, served: str) -> ChatRequest:
                 raise bad(why, key)
     mods = req.get("modalities")
     if mods is not None and mods != ["text"]:
-        raise bad("only the 'text' modality is supported", "modalities")
+        raise bad("'modalities' must be [\"text\"]: only text output is supported", "modalities")
     msgs = req.get("messages", _MISSING)
     if msgs is _MISSING or msgs is None:
         raise bad("'messages' is required", "messages")
