@@ -68,9 +68,16 @@ def asgi_router(sims):
         yield r
 
 
-def _router(sims: SimWorkers, interface: str) -> RouterProcess:
+@pytest.fixture(scope="module")
+def parser_router(sims):
+    """A router that parses tool calls and reasoning (tool_choice 'required' / named: constrained decoding)."""
+    with _router(sims, "rsgi", tool_call_parser="qwen", reasoning_parser="qwen3") as r:
+        yield r
+
+
+def _router(sims: SimWorkers, interface: str, **flags: Any) -> RouterProcess:
     return RouterProcess(sims.urls, api_key=KEY, admin_key=ADMIN, openai_url=f"{RELAYED}={sims[0].url}/v1",
-                         health_check_interval=3600, max_body_bytes=1 << 20, interface=interface)
+                         health_check_interval=3600, max_body_bytes=1 << 20, interface=interface, **flags)
 
 
 @pytest.fixture(scope="module")
@@ -198,13 +205,18 @@ SGLANG_SAMPLING = ["max_new_tokens", "temperature", "top_p", "top_k", "min_p", "
 # the worker's words for a field the router passes on (SGLang names, and its context-length check)
 WORKER_NAMES = {"max_tokens": ("max_new_tokens", "context length"),
                 "max_completion_tokens": ("max_new_tokens", "context length"), "seed": ("sampling_seed",),
-                "min_tokens": ("min_new_tokens",), "prompt": ("input", "token ids"), "text": ("input",)}
+                "min_tokens": ("min_new_tokens",), "prompt": ("input", "token ids"), "text": ("input",),
+                "sampling_params": ("SamplingParams", "sampling")}
 
 MSG = [{"role": "user", "content": "Tell me about radix trees."}]
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
 ROUTES: dict[str, tuple[str, str, dict, list[str]]] = {
     # name: (path, auth, valid body, fields to mutate)
     "chat": ("/v1/chat/completions", KEY, {"model": MODEL, "messages": MSG, "max_tokens": 4}, CHAT_FIELDS),
     "chat_relayed": ("/v1/chat/completions", KEY, {"model": RELAYED, "messages": MSG, "max_tokens": 4}, CHAT_FIELDS),
+    "chat_tools": ("/v1/chat/completions", KEY, {"model": MODEL, "messages": MSG, "max_tokens": 4, "tools": TOOLS,
+                                                 "tool_choice": "required"}, CHAT_FIELDS),
     "completions": ("/v1/completions", KEY, {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 4},
                     COMPLETION_FIELDS),
     "completions_relayed": ("/v1/completions", KEY, {"model": RELAYED, "prompt": "Once upon a time", "max_tokens": 4},
@@ -424,12 +436,16 @@ def assert_router_sound(router: RouterProcess, sims: SimWorkers, client: httpx.C
 # ------------------------------------------------------------------------------------------ the fuzz tests
 
 
-@pytest.mark.parametrize("route", list(ROUTES))
-@pytest.mark.parametrize("interface", ["rsgi", "asgi"])
+FUZZ_RUNS = [("rsgi", r) for r in ROUTES] + [("asgi", r) for r in ROUTES if r != "chat_tools"]
+
+
+@pytest.mark.parametrize("interface,route", FUZZ_RUNS)
 def test_fuzz_route(request, sims, interface, route):
     # the default interface gets the full count; ASGI, which differs in how bodies are read and answers
-    # sent, a third; /retrieve_from_text (one field) a third of that
-    router = request.getfixturevalue("router" if interface == "rsgi" else "asgi_router")
+    # sent, a third; /retrieve_from_text (one field) a third of that. chat_tools runs on a router with the
+    # tool-call and reasoning parsers.
+    fixture = "parser_router" if route == "chat_tools" else "router" if interface == "rsgi" else "asgi_router"
+    router = request.getfixturevalue(fixture)
     n = PROFILE.max_examples // (1 if interface == "rsgi" else 3) // (3 if route == "retrieve_from_text" else 1)
     with httpx.Client(base_url=router.url, timeout=httpx.Timeout(15.0)) as client:
         @settings(PROFILE, max_examples=max(10, n))
@@ -441,8 +457,9 @@ def test_fuzz_route(request, sims, interface, route):
         assert_router_sound(router, sims, client)
 
 
+not_str = junk.filter(lambda v: not isinstance(v, str))  # any string is a host name the router would try
 ADMIN_BODIES = st.one_of(
-    junk, st.fixed_dictionaries({}, optional={"url": junk, "worker_url": junk}),
+    not_str, st.fixed_dictionaries({}, optional={"url": not_str, "worker_url": not_str}),
     # worker URLs the router must refuse (no host, another scheme, spaces, a host no DNS name can have...)
     st.fixed_dictionaries({"url": st.sampled_from(["", " ", "http://", "https://", "ftp://h:1", "://x", "http://a b",
                                                    "http:// x", "http://\ufffd", "\ufffd", "http://h:x",
