@@ -43,6 +43,7 @@ settings.register_profile("fuzz-short", max_examples=int(os.environ.get("FUZZ_HT
 settings.register_profile("fuzz-long", max_examples=int(os.environ.get("FUZZ_HTTP_EXAMPLES", "3000")),
                           **dict(_COMMON, derandomize=False))
 PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE_HTTP", "fuzz-short"))
+LONG = settings.get_profile("fuzz-long")
 
 # ------------------------------------------------------------------------------------------ the router
 
@@ -440,7 +441,7 @@ FUZZ_RUNS = [("rsgi", r) for r in ROUTES] + [("asgi", r) for r in ROUTES if r !=
 
 
 @pytest.mark.parametrize("interface,route", FUZZ_RUNS)
-def test_fuzz_route(request, sims, interface, route):
+def test_fuzz_route(request, capsys, sims, interface, route):
     # the default interface gets the full count; ASGI, which differs in how bodies are read and answers
     # sent, a third; /retrieve_from_text (one field) a third of that. chat_tools runs on a router with the
     # tool-call and reasoning parsers.
@@ -448,13 +449,19 @@ def test_fuzz_route(request, sims, interface, route):
     router = request.getfixturevalue(fixture)
     n = PROFILE.max_examples // (1 if interface == "rsgi" else 3) // (3 if route == "retrieve_from_text" else 1)
     with httpx.Client(base_url=router.url, timeout=httpx.Timeout(15.0)) as client:
+        statuses: dict[int, int] = {}
+
         @settings(PROFILE, max_examples=max(10, n))
         @given(case=cases((route,)))
         def run(case: Case) -> None:
-            check_case(client, case)
+            status = check_case(client, case).status_code
+            statuses[status] = statuses.get(status, 0) + 1
 
         run()
         assert_router_sound(router, sims, client)
+    if PROFILE is LONG:
+        with capsys.disabled():
+            print(f"\n{interface} {route}: {sum(statuses.values())} requests, statuses {sorted(statuses.items())}")
 
 
 not_str = junk.filter(lambda v: not isinstance(v, str))  # any string is a host name the router would try
