@@ -1,18 +1,21 @@
 """Property-based fuzz of the router over real HTTP: bad input gets a clear 4xx in OpenAI's error shape, never a
 5xx, a crash or a hang, and what the router accepted is answered in full.
 
-One router (`radixrouter serve`, RSGI) is started for the module in front of two simulated SGLang workers, with
-a relayed model (`--openai-url relayed=<sim>/v1`) beside the native one. Each generated case starts from a valid
-request for one route and mutates it: fields replaced by values of the wrong type or out of range (huge
-integers, 1e309, lone surrogates written as JSON escapes), fields removed, unknown keys added, messages and
-content parts broken, and whole bodies broken (not JSON, not an object, invalid UTF-8, duplicate keys, wrong
+The module starts two simulated SGLang workers and, in front of them, `radixrouter serve` three times: over RSGI
+(the default), over ASGI, and with the tool-call and reasoning parsers; each serves the native model and a
+relayed one (`--openai-url relayed=<sim>/v1`). Each generated case starts from a valid request for one route
+and mutates it: fields replaced by values of the wrong type or out of range (huge integers, 1e309, lone
+surrogates written as JSON escapes), fields removed, unknown keys added, messages, content parts, tools and
+tool_choice broken, and whole bodies broken (not JSON, not an object, invalid UTF-8, duplicate keys, a BOM, wrong
 Content-Type). The property, for every case: the status is 2xx or 4xx; a 4xx body is exactly
 ``{"error": {"message", "type", "param", "code"}}`` with a message that names the field at fault; a 2xx stream
 follows the SSE rules and ends with ``data: [DONE]`` (or an error frame); a 2xx answer is complete. After each
 fuzz test the router still serves a normal request, /metrics counts no 5xx, and nothing is left in flight.
+Raw-socket cases cover what httpx cannot send (bad Content-Length, broken chunking, bodies cut short), and the
+inputs the fuzz found are kept as regression cases at the end.
 
-`make fuzz-http` runs the same tests with many more examples (``HYPOTHESIS_PROFILE=fuzz-long``,
-``FUZZ_HTTP_EXAMPLES``); the normal test run uses a small bounded profile.
+`make fuzz-http` runs the same file with many more examples (``HYPOTHESIS_PROFILE_HTTP=fuzz-long``,
+``FUZZ_HTTP_EXAMPLES`` per route, default 3000, random seeds); the normal test run uses 60, derandomized.
 """
 
 from __future__ import annotations
@@ -330,7 +333,7 @@ def check_error(r: httpx.Response, case: Any = None) -> dict:
     assert isinstance(err["message"], str) and err["message"].strip(), (err, case)
     assert isinstance(err["type"], str) and err["type"], (err, case)
     assert err["param"] is None or isinstance(err["param"], str), (err, case)
-    assert err["code"] is None or isinstance(err["code"], (str, int)), (err, case)
+    assert err["code"] is None or isinstance(err["code"], str), (err, case)
     if err["param"]:
         assert err["param"].split(".")[0].split("[")[0].lower() in err["message"].lower(), (err, case)
     # (a relayed model's upstream words its own errors)
