@@ -255,7 +255,7 @@ def cases(draw, routes: tuple[str, ...] = tuple(ROUTES)) -> Case:
     obj: dict[str, Any] = json.loads(json.dumps(base))
     touched: list[str] = []
     for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["set", "set", "set", "del", "unknown", "nested"]))
+        op = draw(st.sampled_from(["set", "set", "set", "del", "unknown", "nested", "deep"]))
         if op == "set":
             key = draw(st.sampled_from(fields))
             obj[key] = draw(FIELD_VALUES.get(key, junk))
@@ -264,6 +264,15 @@ def cases(draw, routes: tuple[str, ...] = tuple(ROUTES)) -> Case:
             if obj:
                 key = draw(st.sampled_from(sorted(obj)))
                 del obj[key]
+                touched.append(key)
+        elif op == "deep":
+            # nested past what orjson writes back (254 levels) and up to what it reads (1024): the router must
+            # not fail re-encoding it. Not for relayed models: relay.py's re-encoding is not guarded yet (see
+            # test_relayed_body_nested_too_deeply_is_a_400).
+            if not route.endswith("_relayed"):
+                key = draw(st.sampled_from(fields))
+                d = draw(st.integers(250, 1030))
+                obj[key] = Raw(draw(st.sampled_from(["[" * d + "]" * d, '{"a":' * d + "1" + "}" * d])))
                 touched.append(key)
         elif op == "unknown":
             obj[draw(st.text(min_size=1, max_size=10).filter(lambda k: k not in fields and k != "sim"))] = draw(junk)
@@ -637,6 +646,9 @@ def test_bad_requests_among_accepted_ones_lose_nothing(router, sims, client):
 BIG = "1180591620717411303424"  # 2**70: orjson reads integers past 2**64 as floats
 
 
+DEEP = "[" * 300 + "]" * 300
+
+
 def chat_with(fields: str) -> str:
     """A valid chat body (as JSON text) with `fields` (raw JSON members) added."""
     return '{"model": "' + MODEL + '", "messages": [{"role": "user", "content": "x"}], ' + fields + "}"
@@ -670,6 +682,15 @@ REGRESSIONS = [
     ("web_search_options", "/v1/chat/completions", chat_with('"web_search_options": []'),
      400, "web_search_options", "'web_search_options'"),
     ("modalities", "/v1/chat/completions", chat_with('"modalities": []'), 400, "modalities", "'modalities'"),
+    ("/generate nested 300 deep (orjson writes 254)", "/generate",
+     '{"text": "x", "sampling_params": {"max_new_tokens": 2, "json_schema": ' + DEEP + "}}", 400, "sampling_params",
+     "254 levels"),
+    ("response_format schema nested 300 deep", "/v1/chat/completions",
+     chat_with('"response_format": {"type": "json_schema", "json_schema": {"schema": {"a": ' + DEEP + "}}}"), 400,
+     "response_format", "254 levels"),
+    ("tool_choice required with parameters nested 300 deep", "/v1/chat/completions",
+     chat_with('"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f", "parameters": '
+               '{"type": "object", "properties": {"a": ' + DEEP + "}}}}]"), 400, "tools", "254 levels"),
     ("add_worker host no IDNA name can have", "/add_worker", '{"url": "http://\\ufffd"}', 400, "url",
      "invalid worker URL"),
     ("add_worker port out of range", "/add_worker", '{"url": "http://h:99999"}', 400, "url", "invalid worker URL"),
@@ -703,3 +724,15 @@ def test_body_cut_short_by_the_client_is_a_400(any_router, chunked):
     err = json.loads(raw.partition(b"\r\n\r\n")[2])["error"]
     # over RSGI granian ends a chunked body cut short as if it were whole: the JSON parse is what notices
     assert "incomplete" in err["message"] or (chunked and "invalid JSON body" in err["message"]), err
+
+
+@pytest.mark.xfail(strict=True, reason="relay.py re-encodes the body with orjson.dumps, which writes at most 254 "
+                                       "levels, and turns the JSONEncodeError into a 500 (relay.py is another "
+                                       "helper's; the native paths use openai_api.dumps_request)")
+def test_relayed_body_nested_too_deeply_is_a_400(sims):
+    with _router(sims, "rsgi") as router:  # its own: the shared routers must count no 5xx
+        r = httpx.post(router.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
+                       content=('{"model": "' + RELAYED + '", "messages": [{"role": "user", "content": "x"}], '
+                                '"metadata": ' + DEEP + "}").encode())
+    assert r.status_code == 400, r.text
+    check_error(r)

@@ -43,6 +43,7 @@ from radixrouter.openai_api import (
     bad,
     chat_logprobs,
     completion_logprobs,
+    dumps_request,
     finish_reason,
     parse_chat,
     parse_completion,
@@ -1216,7 +1217,7 @@ class App:
         relays (validated request, strict re-encoding of the stream) and keeps worker affinity by text."""
         rid = new_id()
         req["rid"] = rid
-        body = _dumps(req)
+        body = dumps_request(req)
         key = "\n".join(m["content"] if isinstance(m.get("content"), str) else "" for m in creq.messages)
         ctx = RouteContext(text=key)
         loop = asyncio.get_running_loop()
@@ -1740,7 +1741,7 @@ class App:
             prompt = self.builder.tokenize(text)
             del req["text"]
             req["input_ids"] = prompt.ids
-        body = _dumps(req)
+        body = dumps_request(req)
         ctx = _route_ctx(text or "", prompt)
         want_lp = bool(req.get("return_logprob"))
         watcher = self._watch(ex)

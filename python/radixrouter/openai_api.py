@@ -86,6 +86,27 @@ def bad(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, param=param)
 
 
+_DEPTH = 254  # orjson writes JSON nested at most this deep (it reads 1024 levels)
+
+
+def dumps_field(obj: Any, param: str) -> bytes:
+    """``orjson.dumps`` of request data; a 400 naming ``param`` when it nests deeper than orjson writes."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:  # parsed input: the nesting is the only thing orjson cannot write back
+        raise bad(f"'{param}' nests more than {_DEPTH} levels deep", param) from None
+
+
+def dumps_request(req: dict) -> bytes:
+    """``orjson.dumps`` of a request body to pass on; a 400 naming the field that nests too deeply."""
+    try:
+        return orjson.dumps(req)
+    except orjson.JSONEncodeError:
+        for k, v in req.items():  # the error path only: find the field
+            dumps_field({k: v}, k)
+        raise
+
+
 # ---------------------------------------------------------------------------- field checks
 
 _MISSING = object()
@@ -253,7 +274,7 @@ def _response_format(req: dict, key: str, sp: dict) -> None:
             schema = js.get("schema") if isinstance(js, dict) else None
             if not isinstance(schema, dict):
                 raise bad("'response_format.json_schema.schema' must be a JSON schema object", "response_format")
-            sp["json_schema"] = orjson.dumps(schema).decode()
+            sp["json_schema"] = dumps_field(schema, "response_format").decode()
         elif t != "text":
             raise bad(f"unsupported response_format type {t!r}", "response_format")
 
@@ -419,7 +440,7 @@ def parse_chat(req: Any, served: str) -> ChatRequest:
         if any(k in p.sampling for k in ("json_schema", "regex", "ebnf")):
             raise bad("'tool_choice' 'required' or a named function cannot be combined with 'response_format', "
                       "'regex' or 'ebnf'", "tool_choice")
-        p.sampling["json_schema"] = orjson.dumps(tool_choice_json_schema(tools or [], tc)).decode()
+        p.sampling["json_schema"] = dumps_field(tool_choice_json_schema(tools or [], tc), "tools").decode()
         kw = dict(kw)
         kw.setdefault("enable_thinking", False)
     ptc = req.get("parallel_tool_calls")
