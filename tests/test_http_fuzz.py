@@ -1,9 +1,9 @@
 """Property-based fuzz of the router over real HTTP: bad input gets a clear 4xx in OpenAI's error shape, never a
 5xx, a crash or a hang, and what the router accepted is answered in full.
 
-The module starts two simulated SGLang workers and, in front of them, `radixrouter serve` three times: over RSGI
-(the default), over ASGI, and with the tool-call and reasoning parsers; each serves the native model and a
-relayed one (`--openai-url relayed=<sim>/v1`). Each generated case starts from a valid request for one route
+The module starts two simulated SGLang workers and, in front of them, `radixrouter serve` four times: over RSGI
+(the default), over ASGI, with the tool-call and reasoning parsers, and without a tokenizer (text mode: the
+workers template the chat); each serves the native model and a relayed one (`--openai-url relayed=<sim>/v1`). Each generated case starts from a valid request for one route
 and mutates it: fields replaced by values of the wrong type or out of range (huge integers, 1e309, lone
 surrogates written as JSON escapes), fields removed, unknown keys added, messages, content parts, tools and
 tool_choice broken, and whole bodies broken (not JSON, not an object, invalid UTF-8, duplicate keys, a BOM, wrong
@@ -76,6 +76,13 @@ def asgi_router(sims):
 def parser_router(sims):
     """A router that parses tool calls and reasoning (tool_choice 'required' / named: constrained decoding)."""
     with _router(sims, "rsgi", tool_call_parser="qwen", reasoning_parser="qwen3") as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def text_router(sims):
+    """A router without a tokenizer (text mode): the workers' own OpenAI endpoints template the chat."""
+    with _router(sims, "rsgi", qwen3=False, served_model_name=MODEL) as r:
         yield r
 
 
@@ -219,6 +226,7 @@ ROUTES: dict[str, tuple[str, str, dict, list[str]]] = {
     # name: (path, auth, valid body, fields to mutate)
     "chat": ("/v1/chat/completions", KEY, {"model": MODEL, "messages": MSG, "max_tokens": 4}, CHAT_FIELDS),
     "chat_relayed": ("/v1/chat/completions", KEY, {"model": RELAYED, "messages": MSG, "max_tokens": 4}, CHAT_FIELDS),
+    "chat_text": ("/v1/chat/completions", KEY, {"model": MODEL, "messages": MSG, "max_tokens": 4}, CHAT_FIELDS),
     "chat_tools": ("/v1/chat/completions", KEY, {"model": MODEL, "messages": MSG, "max_tokens": 4, "tools": TOOLS,
                                                  "tool_choice": "required"}, CHAT_FIELDS),
     "completions": ("/v1/completions", KEY, {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 4},
@@ -449,15 +457,16 @@ def assert_router_sound(router: RouterProcess, sims: SimWorkers, client: httpx.C
 # ------------------------------------------------------------------------------------------ the fuzz tests
 
 
-FUZZ_RUNS = [("rsgi", r) for r in ROUTES] + [("asgi", r) for r in ROUTES if r != "chat_tools"]
+FUZZ_RUNS = [("rsgi", r) for r in ROUTES] + [("asgi", r) for r in ROUTES if r not in ("chat_tools", "chat_text")]
+OWN_ROUTER = {"chat_tools": "parser_router", "chat_text": "text_router"}
 
 
 @pytest.mark.parametrize("interface,route", FUZZ_RUNS)
 def test_fuzz_route(request, capsys, sims, interface, route):
     # the default interface gets the full count; ASGI, which differs in how bodies are read and answers
     # sent, a third; /retrieve_from_text (one field) a third of that. chat_tools runs on a router with the
-    # tool-call and reasoning parsers.
-    fixture = "parser_router" if route == "chat_tools" else "router" if interface == "rsgi" else "asgi_router"
+    # tool-call and reasoning parsers, chat_text on one without a tokenizer.
+    fixture = OWN_ROUTER.get(route) or ("router" if interface == "rsgi" else "asgi_router")
     router = request.getfixturevalue(fixture)
     n = PROFILE.max_examples // (1 if interface == "rsgi" else 3) // (3 if route == "retrieve_from_text" else 1)
     with httpx.Client(base_url=router.url, timeout=httpx.Timeout(15.0)) as client:
