@@ -30,6 +30,7 @@ import orjson
 from radixrouter.toolcalls import (
     ToolChoice,
     ToolRequestError,
+    shown,
     tool_choice_json_schema,
     validate_tool_choice,
     validate_tools,
@@ -276,7 +277,7 @@ def _response_format(req: dict, key: str, sp: dict) -> None:
                 raise bad("'response_format.json_schema.schema' must be a JSON schema object", "response_format")
             sp["json_schema"] = dumps_field(schema, "response_format").decode()
         elif t != "text":
-            raise bad(f"unsupported response_format type {t!r}", "response_format")
+            raise bad(f"unsupported response_format type {shown(t)}", "response_format")
 
 
 # The request fields that become SGLang sampling parameters, each with its check. sampling_params visits
@@ -363,7 +364,8 @@ def _text_content(content: Any, i: int) -> str | None:
             elif ptype == "refusal":
                 continue
             else:
-                raise bad(f"messages[{i}].content[{j}]: content part type {ptype!r} is not supported (text only)", "messages")
+                raise bad(f"messages[{i}].content[{j}]: content part type {shown(ptype)} is not supported (text only)",
+                          "messages")
         return "".join(parts)
     raise bad(f"messages[{i}].content must be a string or a list of content parts", "messages")
 
