@@ -57,6 +57,11 @@ bench: build-prod ## micro-benchmarks (pytest-benchmark; Rust <-> Python boundar
 fuzz: build-prod ## a longer bounded fuzz run of the SSE decoder (FUZZ_SECONDS, default 120)
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-120} $(PY) -m pytest -q tests/test_sse_fuzz.py -p no:cacheprovider --timeout 0
 
+.PHONY: fuzz-http
+fuzz-http: build-prod ## the router's HTTP fuzz with many more examples (FUZZ_HTTP_EXAMPLES per test, default 3000)
+	HYPOTHESIS_PROFILE_HTTP=fuzz-long FUZZ_HTTP_EXAMPLES=$${FUZZ_HTTP_EXAMPLES:-3000} $(PY) -m pytest -q \
+	  tests/test_http_fuzz.py -p no:cacheprovider --timeout 0 --hypothesis-show-statistics
+
 .PHONY: soak
 soak: build-prod ## mixed load for SOAK_SECONDS (default 60): memory per request, nothing left running, no errors
 	$(PY) benches/soak.py $${SOAK_SECONDS:-60}

@@ -43,6 +43,7 @@ from radixrouter.openai_api import (
     bad,
     chat_logprobs,
     completion_logprobs,
+    dumps_request,
     finish_reason,
     parse_chat,
     parse_completion,
@@ -103,10 +104,6 @@ class UpstreamFailure(Exception):
         super().__init__(error.message)
         self.error = error
         self.retryable = retryable
-
-
-class ClientGone(Exception):
-    """The client disconnected while its request body was being read."""
 
 
 def _tune_gc() -> None:
@@ -234,17 +231,20 @@ class RsgiExchange:
 
     async def _read(self) -> dict:
         it = self._chunks
-        if it is None:
-            cl = self.scope.headers.get("content-length")
-            if cl is not None and cl.isdigit() and int(cl) <= self._limit:
-                self._body_done = True
-                return {"type": "http.request", "body": await self.proto(), "more_body": False}
-            it = self._chunks = self.proto.__aiter__()
         try:
+            if it is None:
+                cl = self.scope.headers.get("content-length")
+                if cl is not None and cl.isdigit() and int(cl) <= self._limit:
+                    self._body_done = True
+                    return {"type": "http.request", "body": await self.proto(), "more_body": False}
+                it = self._chunks = self.proto.__aiter__()
             chunk = await it.__anext__()
         except StopAsyncIteration:
             self._body_done = True
             return {"type": "http.request", "body": b"", "more_body": False}
+        except _RsgiClosed:  # the client closed (its sending side, or the connection) before the body's end
+            self._body_done = True
+            return _DISCONNECT
         return {"type": "http.request", "body": chunk, "more_body": True}
 
     async def respond(self, start: dict, body: bytes) -> None:
@@ -795,8 +795,6 @@ class App:
         except ApiError as e:
             status = e.status
             await self._send_error(ex, e)
-        except ClientGone:
-            status = 499
         except asyncio.CancelledError:
             stopping = ex in self._stopping
             if not ex.disconnected and not stopping:
@@ -846,8 +844,12 @@ class App:
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
-                ex.disconnected = True
-                raise ClientGone()
+                if too_big:
+                    break
+                # answered, not dropped: a client that closed only its sending side still reads the answer
+                # (and granian answers an empty 500 for a request the app leaves unanswered)
+                raise bad("the request body is incomplete: the client closed before its end (Content-Length "
+                          "or last chunk)")
             b = msg.get("body", b"")
             size += len(b)
             if size > limit:
@@ -1215,7 +1217,7 @@ class App:
         relays (validated request, strict re-encoding of the stream) and keeps worker affinity by text."""
         rid = new_id()
         req["rid"] = rid
-        body = _dumps(req)
+        body = dumps_request(req)
         key = "\n".join(m["content"] if isinstance(m.get("content"), str) else "" for m in creq.messages)
         ctx = RouteContext(text=key)
         loop = asyncio.get_running_loop()
@@ -1739,7 +1741,7 @@ class App:
             prompt = self.builder.tokenize(text)
             del req["text"]
             req["input_ids"] = prompt.ids
-        body = _dumps(req)
+        body = dumps_request(req)
         ctx = _route_ctx(text or "", prompt)
         want_lp = bool(req.get("return_logprob"))
         watcher = self._watch(ex)

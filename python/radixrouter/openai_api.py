@@ -30,6 +30,7 @@ import orjson
 from radixrouter.toolcalls import (
     ToolChoice,
     ToolRequestError,
+    shown,
     tool_choice_json_schema,
     validate_tool_choice,
     validate_tools,
@@ -86,6 +87,27 @@ def bad(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, param=param)
 
 
+_DEPTH = 254  # orjson writes JSON nested at most this deep (it reads 1024 levels)
+
+
+def dumps_field(obj: Any, param: str) -> bytes:
+    """``orjson.dumps`` of request data; a 400 naming ``param`` when it nests deeper than orjson writes."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:  # parsed input: the nesting is the only thing orjson cannot write back
+        raise bad(f"'{param}' nests more than {_DEPTH} levels deep", param) from None
+
+
+def dumps_request(req: dict) -> bytes:
+    """``orjson.dumps`` of a request body to pass on; a 400 naming the field that nests too deeply."""
+    try:
+        return orjson.dumps(req)
+    except orjson.JSONEncodeError:
+        for k, v in req.items():  # the error path only: find the field
+            dumps_field({k: v}, k)
+        raise
+
+
 # ---------------------------------------------------------------------------- field checks
 
 _MISSING = object()
@@ -104,6 +126,9 @@ def _num(req: dict, key: str, lo: float | None = None, hi: float | None = None, 
     return v
 
 
+_INT64 = 1 << 63
+
+
 def _int(req: dict, key: str, lo: int | None = None, hi: int | None = None):
     v = req.get(key)
     if v is None:
@@ -113,6 +138,8 @@ def _int(req: dict, key: str, lo: int | None = None, hi: int | None = None):
             v = int(v)
         else:
             raise bad(f"'{key}' must be an integer", key)
+    if not -_INT64 <= v < _INT64:  # what the worker takes (JSON integers past 2**64 arrive as floats)
+        raise bad(f"'{key}' must be a 64-bit integer, got {v}", key)
     if lo is not None and v < lo:
         raise bad(f"'{key}' must be >= {lo}, got {v}", key)
     if hi is not None and v > hi:
@@ -156,7 +183,7 @@ _REJECTED_CHAT = {
     "function_call": "'function_call' is deprecated and not supported; use 'tool_choice'",
     "prediction": "'prediction' (predicted outputs) is not supported",
     "audio": "audio output is not supported",
-    "web_search_options": "web search is not supported",
+    "web_search_options": "'web_search_options' (web search) is not supported",
 }
 
 
@@ -248,9 +275,9 @@ def _response_format(req: dict, key: str, sp: dict) -> None:
             schema = js.get("schema") if isinstance(js, dict) else None
             if not isinstance(schema, dict):
                 raise bad("'response_format.json_schema.schema' must be a JSON schema object", "response_format")
-            sp["json_schema"] = orjson.dumps(schema).decode()
+            sp["json_schema"] = dumps_field(schema, "response_format").decode()
         elif t != "text":
-            raise bad(f"unsupported response_format type {t!r}", "response_format")
+            raise bad(f"unsupported response_format type {shown(t)}", "response_format")
 
 
 # The request fields that become SGLang sampling parameters, each with its check. sampling_params visits
@@ -293,6 +320,12 @@ def sampling_params(req: dict, *, max_tokens_keys: tuple[str, ...]) -> tuple[dic
     return sp, seed
 
 
+def _check_min_tokens(sp: dict) -> None:
+    lo, hi = sp.get("min_new_tokens"), sp["max_new_tokens"]
+    if lo is not None and hi is not None and lo > hi:
+        raise bad(f"'min_tokens' ({lo}) must not exceed the maximum number of tokens ({hi})", "min_tokens")
+
+
 def _common(req: dict, served: str, max_tokens_keys: tuple[str, ...]) -> GenParams:
     model = check_model(req, served)
     stream = _bool(req, "stream")
@@ -311,6 +344,7 @@ def _common(req: dict, served: str, max_tokens_keys: tuple[str, ...]) -> GenPara
 # ---------------------------------------------------------------------------- chat
 
 _ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "function"))
+_TEMPLATE_OWN = frozenset(("messages", "tools", "add_generation_prompt"))  # set by the router when rendering
 
 
 def _text_content(content: Any, i: int) -> str | None:
@@ -330,7 +364,8 @@ def _text_content(content: Any, i: int) -> str | None:
             elif ptype == "refusal":
                 continue
             else:
-                raise bad(f"messages[{i}].content[{j}]: content part type {ptype!r} is not supported (text only)", "messages")
+                raise bad(f"messages[{i}].content[{j}]: content part type {shown(ptype)} is not supported (text only)",
+                          "messages")
         return "".join(parts)
     raise bad(f"messages[{i}].content must be a string or a list of content parts", "messages")
 
@@ -354,7 +389,7 @@ def parse_chat(req: Any, served: str) -> ChatRequest:
                 raise bad(why, key)
     mods = req.get("modalities")
     if mods is not None and mods != ["text"]:
-        raise bad("only the 'text' modality is supported", "modalities")
+        raise bad("'modalities' must be [\"text\"]: only text output is supported", "modalities")
     msgs = req.get("messages", _MISSING)
     if msgs is _MISSING or msgs is None:
         raise bad("'messages' is required", "messages")
@@ -367,7 +402,7 @@ def parse_chat(req: Any, served: str) -> ChatRequest:
         if not isinstance(m, dict):
             raise bad(f"messages[{i}] must be an object", "messages")
         role = m.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise bad(f"messages[{i}].role must be one of system, developer, user, assistant, tool", "messages")
         content = _text_content(m.get("content"), i)  # validated; the tokenizer normalizes text parts
         if content is None and role != "assistant":
@@ -379,6 +414,7 @@ def parse_chat(req: Any, served: str) -> ChatRequest:
     if "max_new_tokens" not in p.sampling:
         # OpenAI: no limit but the context; SGLang reads null that way (an absent key would mean 128)
         p.sampling["max_new_tokens"] = None
+    _check_min_tokens(p.sampling)
     lp = _bool(req, "logprobs")
     tl = _int(req, "top_logprobs", 0, 20)
     if tl and not lp:
@@ -394,6 +430,9 @@ def parse_chat(req: Any, served: str) -> ChatRequest:
         kw = {}
     elif not isinstance(kw, dict):
         raise bad("'chat_template_kwargs' must be an object", "chat_template_kwargs")
+    elif not _TEMPLATE_OWN.isdisjoint(kw):
+        own = sorted(_TEMPLATE_OWN.intersection(kw))[0]
+        raise bad(f"'chat_template_kwargs' cannot set {own!r} (the request's own field)", "chat_template_kwargs")
     if tc.mode == "none":
         tools = None
     elif tc.mode in ("required", "function"):
@@ -403,7 +442,7 @@ def parse_chat(req: Any, served: str) -> ChatRequest:
         if any(k in p.sampling for k in ("json_schema", "regex", "ebnf")):
             raise bad("'tool_choice' 'required' or a named function cannot be combined with 'response_format', "
                       "'regex' or 'ebnf'", "tool_choice")
-        p.sampling["json_schema"] = orjson.dumps(tool_choice_json_schema(tools or [], tc)).decode()
+        p.sampling["json_schema"] = dumps_field(tool_choice_json_schema(tools or [], tc), "tools").decode()
         kw = dict(kw)
         kw.setdefault("enable_thinking", False)
     ptc = req.get("parallel_tool_calls")
@@ -423,6 +462,10 @@ class CompletionRequest:
     echo: bool
 
 
+def _token_id(t: Any) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool) and 0 <= t < _INT64
+
+
 def parse_completion(req: Any, served: str) -> CompletionRequest:
     if not isinstance(req, dict):
         raise bad("the request body must be a JSON object")
@@ -437,12 +480,9 @@ def parse_completion(req: Any, served: str) -> CompletionRequest:
     elif isinstance(prompt, list) and prompt:
         if all(isinstance(p, str) for p in prompt):
             prompts = list(prompt)
-        elif all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt):
+        elif all(_token_id(t) for t in prompt):
             prompts = [prompt]
-        elif all(
-            isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in p)
-            for p in prompt
-        ):
+        elif all(isinstance(p, list) and p and all(_token_id(t) for t in p) for p in prompt):
             prompts = list(prompt)
         else:
             raise bad("'prompt' must be a string, a list of strings, token ids or lists of token ids", "prompt")
@@ -451,6 +491,7 @@ def parse_completion(req: Any, served: str) -> CompletionRequest:
     p = _common(req, served, ("max_tokens",))
     if "max_new_tokens" not in p.sampling:
         p.sampling["max_new_tokens"] = 16  # OpenAI's default for /v1/completions
+    _check_min_tokens(p.sampling)
     bo = _int(req, "best_of", 1)
     if bo is not None and bo != p.n:
         raise bad("'best_of' other than 'n' is not supported", "best_of")

@@ -84,6 +84,7 @@ __all__ = [
     "merge_deltas",
     "new_call_id",
     "normalize_tool_format",
+    "shown",
     "parse_tool_calls",
     "tool_choice_json_schema",
     "validate_tool_choice",
@@ -924,6 +925,15 @@ class ToolRequestError(ValueError):
 _FUNCTION_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
 
+def shown(v: Any) -> str:
+    """A client's value as an error message quotes it: the repr of a scalar (at most 60 characters), the type of
+    anything else (a repr of JSON nested a thousand levels deep raises RecursionError)."""
+    if v is None or isinstance(v, (str, int, float)):
+        r = repr(v)
+        return r if len(r) <= 60 else r[:57] + "..."
+    return f"a {type(v).__name__}"
+
+
 def validate_tools(tools: Any) -> list[dict[str, Any]]:
     """Check a request's ``tools`` (OpenAI function tools); returns them, or raises :class:`ToolRequestError`."""
     if tools is None:
@@ -938,7 +948,8 @@ def validate_tools(tools: Any) -> list[dict[str, Any]]:
         kind = tool.get("type", "function")
         if kind != "function":
             raise ToolRequestError(
-                f"Invalid value for '{where}.type': {kind!r}; only 'function' tools are supported.", f"{where}.type"
+                f"Invalid value for '{where}.type': {shown(kind)}; only 'function' tools are supported.",
+                f"{where}.type",
             )
         fn = tool.get("function")
         if not isinstance(fn, dict):
@@ -947,7 +958,7 @@ def validate_tools(tools: Any) -> list[dict[str, Any]]:
         if not isinstance(name, str) or not _FUNCTION_NAME.fullmatch(name):
             raise ToolRequestError(
                 f"Invalid '{where}.function.name': expected 1-64 characters of letters, digits, '_', '-', '.' "
-                f"or ':'; got {name!r}.",
+                f"or ':'; got {shown(name)}.",
                 f"{where}.function.name",
             )
         if name in seen:

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 log = logging.getLogger("radixrouter.workers")
 
@@ -31,9 +32,23 @@ def normalize_url(url: str) -> str:
     if "://" not in url:
         url = "http://" + url
     scheme, _, rest = url.partition("://")
-    if scheme not in ("http", "https") or not rest or any(c.isspace() for c in rest):
+    if scheme not in ("http", "https") or not rest or not rest.isprintable() or any(c.isspace() for c in rest) \
+            or not _valid_host(url):
         raise WorkerError(f"invalid worker URL {url!r}: expected http(s)://host:port")
     return url.rstrip("/")
+
+
+def _valid_host(url: str) -> bool:
+    """A host name (IDNA-encodable when not ASCII) and no port or a valid one."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when not a number in 0..65535
+        host = parts.hostname
+        if host and not host.isascii():
+            host.encode("idna")
+    except (ValueError, UnicodeError):
+        return False
+    return bool(host)
 
 
 @dataclass(eq=False)
@@ -223,7 +238,7 @@ class WorkerPool:
         url = normalize_url(url)
         w = self.workers.pop(url, None)
         if w is None:
-            raise WorkerError(f"unknown worker {url}")
+            raise WorkerError(f"unknown worker URL {url}")
         w.removed = True  # requests in flight to it finish normally; nothing new is routed to it
         self._lost(w)
         return w
