@@ -215,6 +215,10 @@ def test_errors_connection_refused_truncated_and_timeout():
         async with Scripted(garbage) as srv:
             with pytest.raises(UpstreamError):
                 await c.post(srv.url + "/x", b"{}")
+        # URLs the client cannot use are its own error, not a ValueError/UnicodeError from the URL parsing
+        for bad_url in ("ftp://h/x", "http:///x", "http://h:99999/x", "http://h:port/x", "http://a..b\u00e9/x"):
+            with pytest.raises(UpstreamError, match="unsupported upstream URL"):
+                await c.post(bad_url, b"{}")
         await c.close()
 
     run(main())

@@ -480,16 +480,20 @@ class HttpClient:
     def _target(self, url: str) -> tuple[tuple, bytes, bytes]:
         t = self._targets.get(url)
         if t is None:
-            u = urlsplit(url)
-            if u.scheme not in ("http", "https") or not u.hostname:
-                raise UpstreamError(f"unsupported upstream URL {url!r}")
-            tls = u.scheme == "https"
-            port = u.port or (443 if tls else 80)
-            host = u.hostname
-            default = (tls and port == 443) or (not tls and port == 80)
-            netloc = (f"[{host}]" if ":" in host else host) + ("" if default else f":{port}")
-            path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-            t = ((host, port, tls), netloc.encode("idna" if not host.isascii() else "ascii"), path.encode())
+            try:
+                u = urlsplit(url)
+                if u.scheme not in ("http", "https") or not u.hostname:
+                    raise ValueError
+                tls = u.scheme == "https"
+                port = u.port or (443 if tls else 80)  # ValueError: a port out of range or not a number
+                host = u.hostname
+                default = (tls and port == 443) or (not tls and port == 80)
+                netloc = (f"[{host}]" if ":" in host else host) + ("" if default else f":{port}")
+                path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+                # UnicodeError (a ValueError): a host name IDNA cannot encode
+                t = ((host, port, tls), netloc.encode("idna" if not host.isascii() else "ascii"), path.encode())
+            except ValueError:
+                raise UpstreamError(f"unsupported upstream URL {url!r}") from None
             if len(self._targets) < 4096:
                 self._targets[url] = t
         return t

@@ -39,14 +39,13 @@ from radixrouter import SseDecoder, encode_event
 from radixrouter.httpclient import RequestHeaders
 from radixrouter.metrics import mark_frame
 from radixrouter.models_config import ModelSpec
-from radixrouter.openai_api import ApiError, bad, transport_error
+from radixrouter.openai_api import ApiError, bad, dumps_request, transport_error
 from radixrouter.upstream import TRANSPORT_ERRORS
 from radixrouter.workers import RouteContext, Worker, WorkerPool, make_policy, pool_options
 
 log = logging.getLogger("radixrouter.relay")
 
 _loads = orjson.loads
-_dumps = orjson.dumps
 _DONE = encode_event(b"[DONE]")
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _FORWARD_REQUEST = tuple((n, n.decode()) for n in (b"x-request-id", b"traceparent", b"tracestate"))
@@ -297,7 +296,7 @@ class Relay:
             headers = x["headers"]
             if fwd:
                 headers = RequestHeaders(headers, **fwd)
-            return x["base"] + path, _dumps(req), headers
+            return x["base"] + path, dumps_request(req), headers  # 400: nested past orjson's 254 levels
 
         ctx = RouteContext(text=key)
         stats: list = [None, None, 0, (0, 0, 0)]
