@@ -371,21 +371,22 @@ class Response:
         self._fail(asyncio.TimeoutError())
 
     # ---------------------------------------------------------------- reading
+    def _take(self) -> bytes:
+        """Everything buffered, as one bytes; reading from the socket resumes if it was paused."""
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._conn.paused and self._conn.transport is not None:
+            self._conn.paused = False
+            self._conn.transport.resume_reading()
+        return data
+
     async def readany(self) -> bytes:
         """The bytes received since the last call (waiting for some); b"" once the body is complete."""
         while True:
             if self._chunks:
-                chunks = self._chunks
-                if len(chunks) == 1:
-                    data = chunks.popleft()
-                else:
-                    data = b"".join(chunks)
-                    chunks.clear()
-                self._buffered = 0
-                if self._conn.paused and self._conn.transport is not None:
-                    self._conn.paused = False
-                    self._conn.transport.resume_reading()
-                return data
+                return self._take()
             if self._error is not None:
                 raise self._error
             if self._state == _DONE:
@@ -412,14 +413,7 @@ class Response:
 
     async def read(self) -> bytes:
         if self._state == _DONE and self._error is None:  # all there already (a small answer, one read)
-            chunks = self._chunks
-            data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
-            self._buffered = 0
-            if self._conn.paused and self._conn.transport is not None:
-                self._conn.paused = False
-                self._conn.transport.resume_reading()
-            return data
+            return self._take()
         parts = []
         while True:
             data = await self.readany()
