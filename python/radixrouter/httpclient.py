@@ -243,24 +243,8 @@ class Response:
         pos = 0
         n = len(data)
         out = []
-        if self._cstate == _C_SIZE:
-            # several whole chunks in one read (a stream read late): without the state machine (an
-            # extension or anything odd in a size line: the general path)
-            while True:
-                i = data.find(b"\r\n", pos, pos + 18)
-                if i <= pos:
-                    break
-                try:
-                    size = int(data[pos:i], 16)
-                except ValueError:
-                    break
-                end = i + 2 + size
-                if size <= 0 or end + 2 > n or data[end:end + 2] != b"\r\n":
-                    break
-                out.append(data[i + 2:end])
-                pos = end + 2
-        # the general case, one pass with a moving offset (no copying of the remaining buffer per chunk); a
-        # partial size line or CRLF left at the end waits in _cbuf for the next read
+        # one pass with a moving offset (no copying of the remaining buffer per chunk); a partial size line or
+        # CRLF left at the end waits in _cbuf for the next read
         while pos < n:
             cs = self._cstate
             if cs == _C_DATA:

@@ -431,7 +431,7 @@ def parse_chat(req: Any, served: str) -> ChatRequest:
     elif not isinstance(kw, dict):
         raise bad("'chat_template_kwargs' must be an object", "chat_template_kwargs")
     elif not _TEMPLATE_OWN.isdisjoint(kw):
-        own = sorted(_TEMPLATE_OWN.intersection(kw))[0]
+        own = min(_TEMPLATE_OWN.intersection(kw))
         raise bad(f"'chat_template_kwargs' cannot set {own!r} (the request's own field)", "chat_template_kwargs")
     if tc.mode == "none":
         tools = None

@@ -387,7 +387,7 @@ class Relay:
                     return (w,)
                 if out:
                     emitted = True
-                    await self._send(ex, w, resp, out[0] if len(out) == 1 else b"".join(out), True)
+                    await self._send(ex, w, resp, b"".join(out), True)  # (join returns a lone item as is)
 
         return consume
 
