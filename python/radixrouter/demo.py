@@ -14,9 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from typing import IO
 
 MODEL = "qwen3-sim"
 
@@ -28,17 +30,32 @@ SCRIPT = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports: every socket stays bound until all are chosen (a port released by one choice could
+    otherwise come back as the next, and the router would find its port taken by a worker)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
-def _wait(url: str, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
+def _start(cmd: list[str]) -> tuple[subprocess.Popen, IO[bytes]]:
+    """A child process whose output goes to a temporary file, read only if it exits early (to say why)."""
+    log = tempfile.TemporaryFile()
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
+
+
+def _wait(url: str, proc: subprocess.Popen, log: IO[bytes], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+            log.seek(0)
+            out = log.read().decode(errors="replace").strip()
+            raise RuntimeError(f"{what} exited with code {proc.returncode}" + (f": {out[-500:]}" if out else ""))
         try:
             with urllib.request.urlopen(url, timeout=1.0) as r:
                 if r.status == 200:
@@ -75,32 +92,29 @@ def main(argv: list[str] | None = None) -> int:
     from radixrouter.tokenizer import qwen3_files
 
     py = sys.executable
-    quiet = subprocess.DEVNULL
     procs: list[subprocess.Popen] = []
     t0 = time.monotonic()
     try:
         workers = []
-        for _ in range(2):
-            port = _free_port()
-            p = subprocess.Popen([py, "-m", "radixrouter.cli", "sim-worker", "--host", "127.0.0.1", "--port", str(port),
-                                  "--model", MODEL, "--tokenizer", "qwen3",
-                                  "--decode-tokens-per-s", str(args.decode_tokens_per_s)],
-                                 stdout=quiet, stderr=subprocess.STDOUT)
+        *ports, rport = _free_ports(3)
+        for port in ports:
+            p, log = _start([py, "-m", "radixrouter.cli", "sim-worker", "--host", "127.0.0.1", "--port", str(port),
+                             "--model", MODEL, "--tokenizer", "qwen3",
+                             "--decode-tokens-per-s", str(args.decode_tokens_per_s)])
             procs.append(p)
-            workers.append((f"http://127.0.0.1:{port}", p))
-        rport = _free_port()
+            workers.append((f"http://127.0.0.1:{port}", p, log))
         router_url = f"http://127.0.0.1:{rport}"
         cmd = [py, "-m", "radixrouter.cli", "serve", "--host", "127.0.0.1", "--port", str(rport),
                "--model-path", str(qwen3_files()), "--served-model-name", MODEL, "--policy", args.policy,
                "--log-level", "warning"]
-        for url, _p in workers:
+        for url, _p, _log in workers:
             cmd += ["--worker-url", url]
-        for url, p in workers:
-            _wait(url + "/health", p, f"simulated worker {url}")
-        router = subprocess.Popen(cmd, stdout=quiet, stderr=subprocess.STDOUT)
+        for url, p, log in workers:
+            _wait(url + "/health", p, log, f"simulated worker {url}")
+        router, log = _start(cmd)
         procs.append(router)
-        _wait(router_url + "/readiness", router, "the router")
-        names = {url: f"worker-{i + 1} ({url})" for i, (url, _p) in enumerate(workers)}
+        _wait(router_url + "/readiness", router, log, "the router")
+        names = {url: f"worker-{i + 1} ({url})" for i, (url, _p, _log) in enumerate(workers)}
         print(f"radixrouter demo: router {router_url} (policy {args.policy}) in front of two simulated SGLang "
               f"workers with the Qwen3 tokenizer; started in {time.monotonic() - t0:.1f} s\n", flush=True)
 
